@@ -1,0 +1,160 @@
+"""`scratchlm …`: one subcommand per task. Bad input ends with one `error:` line and exit code 2."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import ScratchError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ScratchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    model = commands.add_parser("model", help="model presets: parameter counts, random init")
+    model_commands = model.add_subparsers(required=True, metavar="ACTION")
+    info = model_commands.add_parser("info", help="parameters and FLOPs per token of a model")
+    _add_model_choice(info)
+    info.add_argument("--seq-len", type=int, help="context for the attention FLOPs (default: the model's)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(run=run_model_info)
+    init = model_commands.add_parser("init", help="write a randomly initialised model directory")
+    _add_model_choice(init)
+    init.add_argument("--out", required=True, help="directory to write")
+    init.add_argument("--tokenizer", help="tokenizer directory to save with the model")
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(run=run_model_init)
+
+    export = commands.add_parser("export", help="re-save a model directory as scratch or stock llama")
+    export.add_argument("checkpoint", help="model directory")
+    export.add_argument("--out", required=True)
+    export.add_argument("--format", choices=["scratch", "llama"], default="scratch")
+    export.set_defaults(run=run_export)
+
+    tokenizer = commands.add_parser("tokenizer", help="train byte-level BPE tokenizers")
+    tokenizer_commands = tokenizer.add_subparsers(required=True, metavar="ACTION")
+    train = tokenizer_commands.add_parser("train", help="train a tokenizer on text")
+    train.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help="files, directories, globs, save_to_disk dirs, or Hub ids owner/name[:config][@split]",
+    )
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--out", required=True)
+    train.add_argument("--text-column", default="text")
+    train.add_argument("--max-chars", type=int, default=2_000_000_000, help="stop reading after this much text")
+    train.set_defaults(run=run_tokenizer_train)
+
+    generate = commands.add_parser("generate", help="continue a prompt with a model directory")
+    generate.add_argument("--model", required=True)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--max-new-tokens", type=int, default=40)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(run=run_generate)
+    return parser
+
+
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    choice = parser.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--preset", help="a named preset (see `scratchlm model info --help`)")
+    choice.add_argument("--config", help="YAML with ScratchConfig keys and an optional `preset:`")
+
+
+def _model_config(args):
+    from .model.presets import build_config
+
+    if args.preset:
+        return build_config({"preset": args.preset})
+    return build_config(read_yaml(args.config), where=args.config)
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ScratchError(f"{path}: no such file") from None
+    except yaml.YAMLError as err:
+        raise ScratchError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(data, dict):
+        raise ScratchError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
+def run_model_info(args) -> None:
+    from .model.info import model_stats
+
+    stats = model_stats(_model_config(args), args.seq_len)
+    if args.json:
+        print(json.dumps(stats))
+        return
+    for key, value in stats.items():
+        print(f"{key:22s} {value:>16,}")
+
+
+def run_model_init(args) -> None:
+    from .model.files import init_model
+
+    model, _ = init_model(_model_config(args), args.out, args.tokenizer, args.seed)
+    print(f"wrote {args.out}: {model.num_parameters():,} parameters")
+
+
+def run_export(args) -> None:
+    from .model.files import export_model
+
+    out = export_model(args.checkpoint, args.out, args.format)
+    print(f"wrote {out} ({args.format})")
+
+
+def run_tokenizer_train(args) -> None:
+    from itertools import chain
+
+    from .data.sources import Source
+    from .tokenization import train_tokenizer
+
+    sources = [Source.parse(spec, args.text_column) for spec in args.input]
+    for source in sources:
+        source.check()
+    texts = _limit_chars(chain.from_iterable(source.texts() for source in sources), args.max_chars)
+    stats = train_tokenizer(texts, args.vocab_size, args.out)
+    print(f"wrote {args.out}: {json.dumps(stats)}")
+
+
+def _limit_chars(texts, max_chars: int):
+    seen = 0
+    for text in texts:
+        yield text[: max_chars - seen]
+        seen += len(text)
+        if seen >= max_chars:
+            return
+
+
+def run_generate(args) -> None:
+    import torch
+
+    from .model.files import load_model
+
+    model, tokenizer = load_model(args.model)
+    torch.manual_seed(args.seed)
+    inputs = tokenizer(args.prompt, return_tensors="pt")
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
+    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling)
+    print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
