@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
-from conftest import small_config
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from conftest import small_config
 from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.files import init_model, load_model, save_model

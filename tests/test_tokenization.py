@@ -2,9 +2,9 @@ import json
 
 import datasets
 import pytest
-from conftest import random_documents
 from transformers import AutoTokenizer
 
+from conftest import random_documents
 from scratchlm.cli import main
 from scratchlm.data.sources import Source
 from scratchlm.errors import ScratchError
