@@ -38,7 +38,7 @@ def tokenizer_dir(tmp_path_factory, corpus_jsonl):
     from scratchlm.tokenization import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
-    train_tokenizer(Source(str(corpus_jsonl)).texts(), 1024, out)
+    train_tokenizer(Source(str(corpus_jsonl)).values(), 1024, out)
     return out
 
 

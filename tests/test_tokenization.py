@@ -74,11 +74,11 @@ def write_inputs(tmp_path):
 
 def test_sources_read_every_local_format(tmp_path):
     docs = write_inputs(tmp_path)
-    assert list(Source(str(tmp_path / "a.txt")).texts()) == [docs[0]]
-    assert list(Source(str(tmp_path / "b.jsonl"), text_column="body").texts()) == docs[:200]
-    assert list(Source(str(tmp_path / "c.parquet"), text_column="body").texts()) == docs[200:]
-    assert list(Source(str(tmp_path / "saved"), text_column="body").texts()) == docs[200:300]
-    assert len(list(Source(str(tmp_path / "*.jsonl"), text_column="body").texts())) == 200
+    assert list(Source(str(tmp_path / "a.txt")).values()) == [docs[0]]
+    assert list(Source(str(tmp_path / "b.jsonl"), column="body").values()) == docs[:200]
+    assert list(Source(str(tmp_path / "c.parquet"), column="body").values()) == docs[200:]
+    assert list(Source(str(tmp_path / "saved"), column="body").values()) == docs[200:300]
+    assert len(list(Source(str(tmp_path / "*.jsonl"), column="body").values())) == 200
 
 
 def test_cli_trains_on_mixed_inputs(tmp_path, capsys):

@@ -3,10 +3,8 @@
 import argparse
 import json
 import sys
-from pathlib import Path
 
-import yaml
-
+from .config import read_yaml
 from .errors import ScratchError
 
 
@@ -55,9 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--out", required=True)
-    train.add_argument("--text-column", default="text")
+    train.add_argument("--text-column", default="text", help="column holding the text (jsonl/parquet)")
     train.add_argument("--max-chars", type=int, default=2_000_000_000, help="stop reading after this much text")
     train.set_defaults(run=run_tokenizer_train)
+
+    data = commands.add_parser("data", help="the embedded default dataset; token shards")
+    data_commands = data.add_subparsers(required=True, metavar="ACTION")
+    default = data_commands.add_parser("default", help="write the embedded default dataset (offline, seeded)")
+    default.add_argument("--out", required=True)
+    default.add_argument("--seed", type=int, default=0)
+    default.add_argument("--tokens", type=int, default=3_000_000, help="approximate size of the pretraining text")
+    default.add_argument("--countries", type=int, default=60, help="size of the synthetic world")
+    default.set_defaults(run=run_data_default)
+    prepare = data_commands.add_parser("prepare", help="tokenize sources into token shards")
+    prepare.add_argument("--config", required=True, help="YAML: tokenizer, sources, val_fraction, num_proc")
+    prepare.add_argument("--out", required=True)
+    prepare.set_defaults(run=run_data_prepare)
 
     generate = commands.add_parser("generate", help="continue a prompt with a model directory")
     generate.add_argument("--model", required=True)
@@ -81,18 +92,6 @@ def _model_config(args):
     if args.preset:
         return build_config({"preset": args.preset})
     return build_config(read_yaml(args.config), where=args.config)
-
-
-def read_yaml(path: str) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ScratchError(f"{path}: no such file") from None
-    except yaml.YAMLError as err:
-        raise ScratchError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise ScratchError(f"{path}: expected a mapping of keys to values")
-    return data
 
 
 def run_model_info(args) -> None:
@@ -129,7 +128,7 @@ def run_tokenizer_train(args) -> None:
     sources = [Source.parse(spec, args.text_column) for spec in args.input]
     for source in sources:
         source.check()
-    texts = _limit_chars(chain.from_iterable(source.texts() for source in sources), args.max_chars)
+    texts = _limit_chars(chain.from_iterable(source.values() for source in sources), args.max_chars)
     stats = train_tokenizer(texts, args.vocab_size, args.out)
     print(f"wrote {args.out}: {json.dumps(stats)}")
 
@@ -141,6 +140,26 @@ def _limit_chars(texts, max_chars: int):
         seen += len(text)
         if seen >= max_chars:
             return
+
+
+def run_data_default(args) -> None:
+    from .data.default import write_default
+
+    counts = write_default(args.out, seed=args.seed, tokens=args.tokens, countries=args.countries)
+    print(f"wrote {args.out}: {json.dumps(counts)}")
+
+
+def run_data_prepare(args) -> None:
+    from .data.prepare import prepare, read_prepare_config
+
+    manifest = prepare(read_prepare_config(read_yaml(args.config), where=args.config), args.out)
+    for source in manifest["sources"]:
+        train, val = source["train"], source["val"]
+        print(
+            f"{source['name']:>12s}  weight {source['weight']:.3f}  train {train['tokens']:>12,} tokens "
+            f"({train['documents']:,} docs)  val {val['tokens']:>10,} tokens"
+        )
+    print(f"wrote {args.out} in {manifest['seconds']:.1f}s")
 
 
 def run_generate(args) -> None:

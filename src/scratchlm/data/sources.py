@@ -21,21 +21,33 @@ COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
 @dataclass
 class Source:
     path: str  # a local file, directory or glob; a save_to_disk directory; or a Hub dataset id
-    name: str | None = None  # Hub dataset config
+    name: str = ""  # a label for shards and reports; defaults to the file or dataset name
+    config: str | None = None  # Hub dataset config
     split: str = "train"
-    text_column: str = "text"
+    format: str = "text"  # "text": a text column; "chat": a messages column rendered by the chat template
+    column: str = ""  # defaults to "text" or "messages" by format
+    weight: float = 1.0  # share of training windows drawn from this source (normalised over sources)
+    max_documents: int | None = None  # stop after this many (a slice of a large Hub dataset)
+
+    def __post_init__(self):
+        if self.format not in ("text", "chat"):
+            raise ScratchError(f"source '{self.path}': format must be 'text' or 'chat', not '{self.format}'")
+        self.column = self.column or ("messages" if self.format == "chat" else "text")
+        self.name = self.name or Path(self.path.rstrip("/")).name.split(".")[0].replace("*", "all")
+        if not self.weight > 0:
+            raise ScratchError(f"source '{self.name}': weight must be positive, not {self.weight}")
 
     @classmethod
-    def parse(cls, spec: str, text_column: str = "text") -> "Source":
+    def parse(cls, spec: str, column: str = "text") -> "Source":
         """Command-line form: a local path, or `owner/dataset[:config][@split]` on the Hub."""
         if Path(spec).exists() or any(ch in spec for ch in "*?["):
-            return cls(path=spec, text_column=text_column)
+            return cls(path=spec, column=column)
         path, _, split = spec.partition("@")
-        path, _, name = path.partition(":")
-        return cls(path=path, name=name or None, split=split or "train", text_column=text_column)
+        path, _, config = path.partition(":")
+        return cls(path=path, config=config or None, split=split or "train", column=column)
 
     def __str__(self) -> str:
-        return self.path + (f":{self.name}" if self.name else "")
+        return self.path + (f":{self.config}" if self.config else "")
 
     def rows(self) -> datasets.IterableDataset:
         local = Path(self.path)
@@ -54,33 +66,43 @@ class Source:
                 return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
             if self.path.startswith((".", "/", "~")) or _suffix(local) in BUILDERS:
                 raise ScratchError(f"source '{self}': no such file or directory")
-            return datasets.load_dataset(self.path, self.name, split=self.split, streaming=True)
+            return datasets.load_dataset(self.path, self.config, split=self.split, streaming=True)
         except StopIteration:  # raised while inferring the columns of an empty file
             raise ScratchError(f"source '{self}' is empty") from None
         except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ValueError) as err:
             raise ScratchError(f"source '{self}' could not be opened: {_one_line(err)}") from None
 
     def check(self) -> None:
-        """Fail now, naming this source, if it cannot give even one text (before hours of work)."""
-        next(iter(self.texts()))
+        """Fail now, naming this source, if it cannot give even one value (before hours of work)."""
+        first = next(iter(self.values()))
+        if self.format == "chat":
+            check_conversation(first, self)
 
-    def texts(self) -> Iterator[str]:
-        """Each row's non-empty text; the column is checked on the first row."""
+    def values(self) -> Iterator:
+        """Each row's non-empty `column` value, up to max_documents; the column is checked on the first row."""
         yielded = 0
         try:
             for index, row in enumerate(self.rows()):
-                if index == 0 and self.text_column not in row:
+                if index == 0 and self.column not in row:
                     raise ScratchError(
-                        f"source '{self}' has no column '{self.text_column}' "
-                        f"(columns: {', '.join(row)}); set text_column"
+                        f"source '{self}' has no column '{self.column}' (columns: {', '.join(row)}); set column"
                     )
-                if text := row[self.text_column]:
+                if value := row[self.column]:
                     yielded += 1
-                    yield text
+                    yield value
+                    if yielded == self.max_documents:
+                        return
         except UnicodeDecodeError as err:
             raise ScratchError(f"source '{self}' is not UTF-8 text: {err}") from None
         if yielded == 0:
             raise ScratchError(f"source '{self}' is empty")
+
+
+def check_conversation(messages, source: Source) -> None:
+    if not isinstance(messages, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    ):
+        raise ScratchError(f"source '{source}': each conversation must be a list of {{role, content}} messages")
 
 
 def _local_files(pattern: str) -> list[str]:
