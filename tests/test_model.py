@@ -140,6 +140,11 @@ print(json.dumps({{"type": model.config.model_type, "logits": logits.tolist()}})
     torch.testing.assert_close(torch.tensor(out["logits"]), reference_logits(small_model_dir, IDS), rtol=0, atol=1e-6)
 
 
+def test_cpu_models_use_sdpa_attention(small_model_dir):
+    model, _ = load_model(small_model_dir)
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_llama_export_refused_for_features_llama_lacks(tmp_path, tokenizer_dir):
     model, tokenizer = init_model(small_config(logit_softcap=15.0), tmp_path / "capped", tokenizer_dir)
     with pytest.raises(ScratchError, match="logit_softcap=15.0.*--format scratch"):

@@ -5,6 +5,7 @@ code beside it for `scratch`), generation_config.json and the tokenizer. Everyth
 goes through `load_model`, so a corrupt config or a tokenizer that does not fit is caught there.
 """
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from . import ScratchConfig, ScratchForCausalLM
 FORMATS = ("scratch", "llama")
 
 
+def attention_backend() -> str:
+    """flash-attn when it is installed and a GPU is present, else PyTorch SDPA (never a Hub kernel)."""
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def init_model(config: ScratchConfig, out_dir: str | Path, tokenizer_dir: str | Path | None, seed: int = 0):
     """A randomly initialised model directory, with the tokenizer when one is given."""
     tokenizer = None
@@ -29,6 +37,7 @@ def init_model(config: ScratchConfig, out_dir: str | Path, tokenizer_dir: str | 
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
     set_seed(seed)
+    config._attn_implementation = attention_backend()
     model = ScratchForCausalLM(config)
     save_model(model, tokenizer, out_dir)
     return model, tokenizer
@@ -55,7 +64,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
         tokenizer = load_tokenizer(model_dir)
         check_tokenizer_fits(tokenizer, config.get("vocab_size", 0), where=f"model {model_dir}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype, attn_implementation=attention_backend()
+        )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
     return model, tokenizer
