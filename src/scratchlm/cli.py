@@ -70,6 +70,32 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True)
     prepare.set_defaults(run=run_data_prepare)
 
+    plan = commands.add_parser("plan", help="steps, tokens, time and cost of a run before paying for it")
+    _add_model_choice(plan)
+    plan.add_argument("--gpu", required=True, choices=["4090", "a100", "h100", "h200"])
+    plan.add_argument("--num-gpus", type=int, default=1)
+    horizon = plan.add_mutually_exclusive_group(required=True)
+    horizon.add_argument("--steps", type=int, default=0)
+    horizon.add_argument("--tokens", type=float, default=0, help="e.g. 20e9")
+    horizon.add_argument("--ratio", type=float, default=0, help="tokens per parameter (Chinchilla: 20)")
+    horizon.add_argument("--flops", type=float, default=0, help="e.g. 1e20")
+    plan.add_argument("--tokens-per-step", type=int, default=524_288)
+    plan.add_argument("--micro-batch", type=int, default=0, help="per GPU; default: what makes tokens-per-step")
+    plan.add_argument("--seq-len", type=int, default=0, help="default: the model's context")
+    plan.add_argument("--tok-per-s", type=float, default=0, help="a measured throughput (default: peak x MFU)")
+    plan.add_argument("--mfu", type=float, default=0, help="assumed MFU (default per GPU, from the seeds)")
+    plan.add_argument("--usd-per-gpu-hour", type=float, default=0)
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(run=run_plan)
+
+    status = commands.add_parser("status", help="progress, ETA, last metrics and samples of a run")
+    status.add_argument("run_dir")
+    status.add_argument("--watch", type=float, nargs="?", const=10.0, help="refresh every N seconds (default 10)")
+    status.set_defaults(run=run_status)
+    plot = commands.add_parser("plot", help="the loss curve of a run as RUN_DIR/plots/loss.png")
+    plot.add_argument("run_dir")
+    plot.set_defaults(run=run_plot)
+
     generate = commands.add_parser("generate", help="continue a prompt with a model directory")
     generate.add_argument("--model", required=True)
     generate.add_argument("--prompt", required=True)
@@ -160,6 +186,64 @@ def run_data_prepare(args) -> None:
             f"({train['documents']:,} docs)  val {val['tokens']:>10,} tokens"
         )
     print(f"wrote {args.out} in {manifest['seconds']:.1f}s")
+
+
+def run_plan(args) -> None:
+    from .model.info import model_stats
+    from .train.plan import estimate_time_and_cost, resolve_plan
+
+    config = _model_config(args)
+    seq_len = args.seq_len or config.max_position_embeddings
+    stats = model_stats(config, seq_len)
+    micro = args.micro_batch or 1
+    plan = resolve_plan(
+        stats,
+        seq_len,
+        micro,
+        args.num_gpus,
+        tokens_per_step=args.tokens_per_step,
+        max_steps=args.steps,
+        max_tokens=int(args.tokens),
+        target_flops=args.flops,
+        tokens_per_param=args.ratio,
+    )
+    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s, args.usd_per_gpu_hour, args.mfu)
+    result = {**plan.as_dict(), "params_matmul": stats["params_matmul"], **cost}
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"parameters        {plan.params_total:>20,}")
+    print(f"FLOPs/token       {plan.flops_per_token:>20,}")
+    print(
+        f"tokens/step       {plan.tokens_per_step:>20,}  ({plan.micro_batch} x {seq_len} x {plan.accumulation} "
+        f"accumulation x {args.num_gpus} GPUs)"
+    )
+    print(f"steps             {plan.steps:>20,}")
+    print(f"tokens            {plan.tokens:>20,}  ({plan.tokens_per_param:.1f} per parameter)")
+    print(f"FLOPs             {plan.flops:>20.3e}")
+    print(f"throughput        {cost['tok_per_s']:>20,} tok/s  ({cost['tok_per_s_from']})")
+    print(f"wall time         {cost['hours']:>20,.1f} h  ({cost['hours'] / 24:.1f} days)")
+    print(f"cost              {cost['cost_usd']:>20,.2f} USD  ({args.num_gpus} x ${args.usd_per_gpu_hour}/GPU-hour)")
+
+
+def run_status(args) -> None:
+    import time
+
+    from .train.status import summarize
+
+    while True:
+        text = summarize(args.run_dir)
+        if not args.watch:
+            print(text)
+            return
+        print("\033[2J\033[H" + text, flush=True)
+        time.sleep(args.watch)
+
+
+def run_plot(args) -> None:
+    from .report import plot_loss
+
+    print(f"wrote {plot_loss(args.run_dir)}")
 
 
 def run_generate(args) -> None:

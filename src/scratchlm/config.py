@@ -45,11 +45,11 @@ def from_mapping(cls, data: dict, where: str):
     for name, field in known.items():
         if name not in data and field.default is MISSING and field.default_factory is MISSING:
             raise ScratchError(f"{where}: missing required key '{name}'")
-    values = {key: _convert(value, hints[key], f"{where}: '{key}'") for key, value in data.items()}
+    values = {key: convert(value, hints[key], f"{where}: '{key}'") for key, value in data.items()}
     return cls(**values)
 
 
-def _convert(value, hint, where: str):
+def convert(value, hint, where: str):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -57,14 +57,14 @@ def _convert(value, hint, where: str):
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _convert(value, option, where)
+                return convert(value, option, where)
             except ScratchError as err:
                 errors.append(str(err))
         raise ScratchError(errors[0])
     if origin is list:
         if not isinstance(value, list):
             raise ScratchError(f"{where} must be a list, got {type(value).__name__}")
-        return [_convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
+        return [convert(item, args[0], f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise ScratchError(f"{where} must be a mapping, got {type(value).__name__}")

@@ -1,0 +1,27 @@
+"""Pretraining and midtraining.
+
+    accelerate launch recipes/pretrain.py --config recipes/<run>/pretrain.yaml [--key value ...]
+
+Re-running the same command resumes from the newest complete checkpoint; `--extend_to STEPS`
+continues a finished run. Keys: src/scratchlm/train/config.py.
+"""
+
+import sys
+
+from scratchlm.errors import ScratchError
+from scratchlm.train.config import parse_pretrain_args
+from scratchlm.train.loop import train
+
+
+def main() -> int:
+    try:
+        export_dir = train(parse_pretrain_args())
+    except ScratchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {export_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Start-up settings that must be in place before CUDA or the process group starts.
+
+The seeds lost days to NCCL collectives that hang on consumer cards without peer access (2×RTX
+4090 over PCIe) and on cloud boxes without InfiniBand. accelerate only sets these for old drivers
+and only under `accelerate launch`; we check the machine itself and say what we set.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def prepare_environment() -> None:
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation, fewer OOMs
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # Without this, accelerate leaves each CPU process training alone on the same data.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if torch.cuda.device_count() > 1:
+        for name, value in nccl_settings(peer_access(), has_infiniband(), os.environ).items():
+            os.environ[name] = value
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+                print(f"scratchlm: set {name}={value} ({NCCL_REASONS[name]})")
+
+
+NCCL_REASONS = {
+    "NCCL_P2P_DISABLE": "some GPU pairs have no peer access; NCCL P2P would hang or corrupt",
+    "NCCL_IB_DISABLE": "no InfiniBand device; NCCL would probe it and can stall",
+}
+
+
+def nccl_settings(peer: dict[tuple[int, int], bool], infiniband: bool, env) -> dict[str, str]:
+    """The NCCL variables to set, never overriding what the user (or the recipe's env:) chose."""
+    settings = {}
+    if peer and not all(peer.values()) and "NCCL_P2P_DISABLE" not in env:
+        settings["NCCL_P2P_DISABLE"] = "1"
+    if not infiniband and "NCCL_IB_DISABLE" not in env:
+        settings["NCCL_IB_DISABLE"] = "1"
+    return settings
+
+
+def peer_access() -> dict[tuple[int, int], bool]:
+    count = torch.cuda.device_count()
+    return {(a, b): torch.cuda.can_device_access_peer(a, b) for a in range(count) for b in range(count) if a != b}
+
+
+def has_infiniband() -> bool:
+    folder = Path("/sys/class/infiniband")
+    return folder.is_dir() and any(folder.iterdir())
