@@ -15,11 +15,12 @@ from scratchlm.train.loop import train
 
 def main() -> int:
     try:
-        export_dir = train(parse_pretrain_args())
+        run_dir = train(parse_pretrain_args())
     except ScratchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"exported {export_dir}")
+    if (run_dir / "export" / "config.json").is_file():
+        print(f"done: {run_dir / 'export'}")
     return 0
 
 

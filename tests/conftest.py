@@ -64,3 +64,50 @@ def small_model_dir(tmp_path_factory, tokenizer_dir):
     out = tmp_path_factory.mktemp("model")
     init_model(small_config(), out, tokenizer_dir, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def default_dir(tmp_path_factory):
+    """A small embedded default: 20 countries, ~150k tokens of pretraining text."""
+    from scratchlm.data.default import write_default
+
+    out = tmp_path_factory.mktemp("default")
+    write_default(out, seed=0, tokens=150_000, countries=20)
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(tmp_path_factory, default_dir):
+    from scratchlm.data.sources import Source
+    from scratchlm.tokenization import train_tokenizer
+
+    out = tmp_path_factory.mktemp("default_tokenizer")
+    train_tokenizer(Source(str(default_dir / "pretrain")).values(), 1024, out)
+    return out
+
+
+def data_config(default_dir, tokenizer, **extra):
+    from scratchlm.data.prepare import read_prepare_config
+
+    return read_prepare_config(
+        {
+            "tokenizer": str(tokenizer),
+            "sources": [
+                {"path": str(default_dir / "pretrain" / "world.jsonl"), "weight": 0.6},
+                {"path": str(default_dir / "pretrain" / "math.jsonl"), "weight": 0.3},
+                {"name": "chat", "path": str(default_dir / "chat" / "train.jsonl"), "format": "chat", "weight": 0.1},
+            ],
+            "num_proc": 2,
+            **extra,
+        },
+        where="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def shards_dir(tmp_path_factory, default_dir, default_tokenizer):
+    from scratchlm.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("shards") / "prepared"
+    prepare(data_config(default_dir, default_tokenizer), out, progress=False)
+    return out

@@ -8,54 +8,16 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
+from conftest import data_config
 from scratchlm.cli import main
 from scratchlm.data.default import write_default
 from scratchlm.data.loader import BLOCK, WindowLoader, document_positions
 from scratchlm.data.prepare import prepare, read_prepare_config, token_dtype
 from scratchlm.data.shards import TokenShards
-from scratchlm.data.sources import Source
 from scratchlm.data.world import PRETRAIN, make_world
 from scratchlm.errors import ScratchError
-from scratchlm.tokenization import train_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture(scope="session")
-def default_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("default")
-    write_default(out, seed=0, tokens=150_000, countries=20)
-    return out
-
-
-@pytest.fixture(scope="session")
-def default_tokenizer(tmp_path_factory, default_dir):
-    out = tmp_path_factory.mktemp("default_tokenizer")
-    train_tokenizer(Source(str(default_dir / "pretrain")).values(), 1024, out)
-    return out
-
-
-def data_config(default_dir, tokenizer, **extra):
-    return read_prepare_config(
-        {
-            "tokenizer": str(tokenizer),
-            "sources": [
-                {"path": str(default_dir / "pretrain" / "world.jsonl"), "weight": 0.6},
-                {"path": str(default_dir / "pretrain" / "math.jsonl"), "weight": 0.3},
-                {"name": "chat", "path": str(default_dir / "chat" / "train.jsonl"), "format": "chat", "weight": 0.1},
-            ],
-            "num_proc": 2,
-            **extra,
-        },
-        where="test",
-    )
-
-
-@pytest.fixture(scope="session")
-def shards_dir(tmp_path_factory, default_dir, default_tokenizer):
-    out = tmp_path_factory.mktemp("shards") / "prepared"
-    prepare(data_config(default_dir, default_tokenizer), out, progress=False)
-    return out
 
 
 def jsonl(path):

@@ -46,6 +46,7 @@ class PretrainConfig:
     target_flops: float = 0.0
     tokens_per_param: float = 0.0  # 20 is Chinchilla-optimal
     extend_to: int = 0  # continue a finished run to this many steps, schedule re-planned
+    stop_at_step: int = 0  # end this session after this step, with a checkpoint (re-run to go on)
 
     # Batch: micro-batch and accumulation, or a target tokens per step that sets the accumulation.
     per_device_train_batch_size: int = 8
@@ -182,10 +183,14 @@ def parse_pretrain_args(argv: list[str] | None = None) -> PretrainConfig:
         for key in values:
             if key not in known:
                 raise unknown_key_error(key, known, path)
-    parser = HfArgumentParser(PretrainConfig)
+    parser = HfArgumentParser(PretrainConfig, allow_abbrev=False)  # --max_step must not mean --max_steps
     parser.set_defaults(**values)
     for action in parser._actions:  # a key given in the YAML is no longer required on the command line
         if action.dest in values:
             action.required = False
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    config, unused = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    flags = [arg for arg in unused if arg.startswith("--")]
+    if unused:
+        name = (flags[0] if flags else unused[0]).lstrip("-").split("=")[0]
+        raise unknown_key_error(name, {f.name for f in fields(PretrainConfig)}, "command line")
     return config

@@ -42,6 +42,7 @@ from .schedule import Schedule
 
 
 def train(config: PretrainConfig) -> Path:
+    """Train (or resume) the run in config.output_dir; returns the run directory."""
     prepare_environment()
     from accelerate import Accelerator  # after the environment: it starts the process group
 
@@ -260,16 +261,20 @@ def train(config: PretrainConfig) -> Path:
             )
         timed = config.save_minutes and agree(time.perf_counter() - last_save >= 60 * config.save_minutes)
         forced = state["step"] in schedule.forced_checkpoints() or state["step"] in config.milestones
-        if done or forced or timed or (config.save_steps and state["step"] % config.save_steps == 0):
-            save("end" if done else "forced" if forced else "timed" if timed else "interval")
+        stopping = state["step"] == config.stop_at_step
+        if done or forced or timed or stopping or (config.save_steps and state["step"] % config.save_steps == 0):
+            save("end" if done else "forced" if forced else "stop" if stopping else "timed" if timed else "interval")
             last_save = time.perf_counter()
+        if stopping and not done:
+            progress.write(f"stopped at step {state['step']:,} (stop_at_step); re-run the command to continue")
+            break
     progress.close()
     log.close()
-
-    export_dir = export(run_dir, raw_model, model_config, tokenizer, config.export_format, main)
+    if state["step"] == state["total_steps"]:
+        export(run_dir, raw_model, model_config, tokenizer, config.export_format, main)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return export_dir
+    return run_dir
 
 
 # --- the pieces ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import resource
+import secrets
 from pathlib import Path
 
 import torch
@@ -52,7 +53,7 @@ def _start_wandb(run_dir: Path, config: dict, project: str, name: str):
     has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
     os.environ.setdefault("WANDB_MODE", "online" if has_key else "offline")
     id_file = run_dir / "wandb_id"
-    run_id = _read(id_file).strip() or wandb.util.generate_id()
+    run_id = _read(id_file).strip() or secrets.token_hex(4)
     id_file.write_text(run_id)
     return wandb.init(
         project=project, name=name or run_dir.name, id=run_id, resume="allow", dir=str(run_dir), config=config

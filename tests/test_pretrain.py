@@ -1,0 +1,292 @@
+"""Pretraining as users run it: `accelerate launch recipes/pretrain.py --config ...` in subprocesses."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scratchlm.train import checkpoint as ckpt
+from scratchlm.train.status import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = {
+    "preset": "tiny",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1024,
+    "max_position_embeddings": 64,
+}
+
+
+def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):
+    """`accelerate launch`: it reports any failure of the script as exit status 1."""
+    if processes == 1:
+        where = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        where = ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]
+    command = [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "WANDB_MODE": "offline"}
+    )
+    assert (result.returncode != 0) == fails, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def small_run(tmp_path: Path, shards_dir: Path, **overrides) -> Path:
+    """A run config for a 2-layer model on the session's prepared shards; returns the YAML path."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(SMALL_MODEL))
+    config = {
+        "output_dir": str(tmp_path / "run"),
+        "model_config": str(tmp_path / "model.yaml"),
+        "data_dir": str(shards_dir),
+        "seq_len": 32,
+        "per_device_train_batch_size": 4,
+        "max_steps": 12,
+        "learning_rate": 3e-3,
+        "warmup_steps": 2,
+        "min_lr": 3e-4,
+        "logging_steps": 1,
+        "save_steps": 4,
+        "save_total_limit": 2,
+        "eval_steps": 0,
+        **overrides,
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_losses(run_dir: Path) -> dict[int, dict]:
+    return {m["step"]: m for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m}
+
+
+def test_tiny_recipe_runs_from_nothing_and_learns(tmp_path):
+    """The real tiny recipe, shortened: data, tokenizer and shards are made on the fly."""
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")
+    result = launch(
+        tmp_path,
+        "--config",
+        "recipes/tiny/pretrain.yaml",
+        "--max_steps",
+        "40",
+        "--seq_len",
+        "128",
+        "--eval_steps",
+        "40",
+        "--sample_steps",
+        "40",
+        "--save_steps",
+        "20",
+        "--logging_steps",
+        "5",
+    )
+    run = tmp_path / "runs" / "tiny" / "pretrain"
+    losses = train_losses(run)
+    vocab = json.loads((run / "export" / "config.json").read_text())["vocab_size"]
+    assert abs(losses[1]["loss"] - math.log(vocab)) < 0.3  # a fresh model is uniform over its vocabulary
+    assert losses[40]["loss"] < math.log(vocab) - 3.0
+    assert "horizon: 40 steps = 81,920 tokens" in result.stdout
+    evals = [m for m in read_jsonl(run / "metrics.jsonl") if "val_bpb" in m]
+    assert len(evals) == 1 and evals[0]["val_bpb"] < 2.5
+    samples = read_jsonl(run / "samples.jsonl")
+    assert {(s["prompt"], s["mode"]) for s in samples} == {
+        (p, m) for p in ("The capital of", "12 + 7 =") for m in ("greedy", "sampled")
+    }
+    keys = {
+        "step",
+        "tokens",
+        "loss",
+        "lr",
+        "grad_norm",
+        "tok_per_s",
+        "mfu",
+        "mem_allocated_gb",
+        "mem_reserved_gb",
+        "mem_peak_gb",
+        "elapsed_s",
+        "cost_usd",
+    }
+    assert keys <= losses[40].keys()
+    assert [p.name for p in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000040"]
+
+
+def test_exact_resume_in_a_fresh_process(tmp_path, shards_dir):
+    straight = small_run(tmp_path / "a", shards_dir)
+    launch(tmp_path / "a", "--config", str(straight))
+    paused = small_run(tmp_path / "b", shards_dir)
+    launch(tmp_path / "b", "--config", str(paused), "--stop_at_step", "6")
+    assert max(train_losses(tmp_path / "b" / "run")) == 6
+    assert not (tmp_path / "b" / "run" / "export").exists()
+    result = launch(tmp_path / "b", "--config", str(paused))
+    assert "resuming from" in result.stdout and "step_00000006 at step 6" in result.stdout
+    a, b = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    for step in a:
+        assert (a[step]["loss"], a[step]["grad_norm"], a[step]["lr"]) == (
+            b[step]["loss"],
+            b[step]["grad_norm"],
+            b[step]["lr"],
+        ), step
+        assert a[step]["windows_checksum"] == b[step]["windows_checksum"]
+    assert (tmp_path / "b" / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_resume_without_optimizer_state_is_refused(tmp_path, shards_dir):
+    config = small_run(tmp_path, shards_dir, max_steps=8)
+    launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004" / "optimizer")
+    result = launch(tmp_path, "--config", str(config), fails=True)
+    assert "step_00000004 has no optimizer state" in result.stderr and "--reset_optimizer true" in result.stderr
+    assert max(train_losses(tmp_path / "run")) == 4  # nothing trained
+    launch(tmp_path, "--config", str(config), "--reset_optimizer", "true")
+    assert max(train_losses(tmp_path / "run")) == 8
+
+
+def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir, monkeypatch):
+    config = small_run(tmp_path, shards_dir, max_steps=8)
+    launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
+    run = tmp_path / "run"
+    good = ckpt.latest_checkpoint(run)
+    # A write that dies half-way: the weights are on disk, the optimizer is not, no COMPLETE marker.
+    partial = run / "checkpoints" / "step_00000005.tmp"
+    shutil.copytree(good / "model", partial / "model")
+    assert ckpt.latest_checkpoint(run) == good
+    # The same for a process killed at a random moment while checkpointing every step.
+    killed = small_run(tmp_path / "killed", shards_dir, max_steps=400, save_steps=1, save_total_limit=1)
+    command = [sys.executable, str(REPO / "recipes" / "pretrain.py"), "--config", str(killed)]
+    for delay in (9.0, 10.5):
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        latest = ckpt.latest_checkpoint(tmp_path / "killed" / "run")
+        assert latest is not None and (latest / ckpt.COMPLETE).is_file()
+        state = json.loads((latest / "trainer_state.json").read_text())
+        assert state["step"] == ckpt.checkpoint_step(latest)
+        assert (latest / "optimizer" / "param_groups.json").is_file()
+    result = launch(
+        tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(ckpt.checkpoint_step(latest) + 1)
+    )
+    assert f"at step {ckpt.checkpoint_step(latest)}" in result.stdout
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir):
+    one = small_run(
+        tmp_path / "one",
+        shards_dir,
+        per_device_train_batch_size=8,
+        tokens_per_step=256,
+        max_steps=10,
+        report_to="wandb",
+    )
+    two = small_run(tmp_path / "two", shards_dir, per_device_train_batch_size=4, tokens_per_step=256, max_steps=10)
+    launch(tmp_path / "one", "--config", str(one))
+    result = launch(tmp_path / "two", "--config", str(two), processes=2)
+    assert "4 x 32 tokens x 1 accumulation x 2 processes = 256 tokens/step" in result.stdout
+    a, b = train_losses(tmp_path / "one" / "run"), train_losses(tmp_path / "two" / "run")
+    for step in range(1, 11):
+        assert b[step]["tokens"] == a[step]["tokens"] == 256 * step
+        assert b[step]["windows_checksum"] == a[step]["windows_checksum"]  # the same windows, each once
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
+    assert list((tmp_path / "one" / "run" / "wandb").glob("offline-run-*"))  # wandb logged, offline
+
+
+def test_schedule_extension_and_two_stage_checkpoints(tmp_path, shards_dir):
+    config = small_run(
+        tmp_path,
+        shards_dir,
+        max_steps=10,
+        lr_scheduler_type="two_stage",
+        stage_boundary=6,
+        stage1_final_lr=1e-3,
+        stage2_weight_decay=0.0,
+        weight_decay=0.1,
+        save_steps=0,
+        save_total_limit=1,
+    )
+    launch(tmp_path, "--config", str(config))
+    run = tmp_path / "run"
+    steps = [ckpt.checkpoint_step(p) for p in ckpt.complete_checkpoints(run)]
+    assert steps == [5, 6, 10]  # both sides of the boundary survive save_total_limit 1
+    metrics = train_losses(run)
+    assert [metrics[s]["weight_decay"] for s in (6, 7)] == [0.1, 0.0]
+    assert metrics[7]["stage"] == "stage 2" and metrics[6]["lr"] == pytest.approx(1e-3)
+    result = launch(tmp_path, "--config", str(config), "--extend_to", "14")
+    assert "extending the run from 10 to 14 steps" in result.stdout
+    assert max(train_losses(run)) == 14
+    assert json.loads((run / "plan.json").read_text())["total_steps"] == 14
+    again = launch(tmp_path, "--config", str(config))  # the original command keeps the extended horizon
+    assert "keeping the run's" in again.stdout and max(train_losses(run)) == 14
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_non_finite_loss(tmp_path, shards_dir, mode):
+    config = small_run(
+        tmp_path,
+        shards_dir,
+        max_steps=6,
+        learning_rate=1e4,
+        warmup_steps=0,
+        min_lr=0.0,
+        max_grad_norm=0.0,
+        on_nonfinite=mode,
+        save_steps=2,
+    )
+    result = launch(tmp_path, "--config", str(config), fails=mode == "stop")
+    if mode == "stop":
+        assert "non-finite loss" in result.stderr and "stopped before the optimizer step" in result.stderr
+        assert "last good checkpoint: " in result.stderr
+    else:
+        last = train_losses(tmp_path / "run")[6]
+        assert last["skipped_steps"] > 0 and "batch skipped" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--max_step", "5"], "command line: unknown key 'max_step' (did you mean 'max_steps'?)"),
+        (["--lr_scheduler_type", "linear"], "'lr_scheduler_type' must be one of cosine, wsd, two_stage, constant"),
+        (["--learning_rate", "-1"], "'learning_rate' must be positive"),
+        (["--tokens_per_step", "1000"], "tokens_per_step 1,000 is not a multiple of"),
+        (["--seq_len", "100"], "seq_len 100 exceeds the model's context (max_position_embeddings 64)"),
+        (["--max_steps", "0"], "set exactly one horizon"),
+    ],
+)
+def test_bad_config_fails_before_training(tmp_path, shards_dir, override, message):
+    config = small_run(tmp_path, shards_dir)
+    result = launch(tmp_path, "--config", str(config), *override, fails=True)
+    assert message in result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_unknown_yaml_key_names_the_file(tmp_path, shards_dir):
+    config = small_run(tmp_path, shards_dir, warmup_step=3)
+    result = launch(tmp_path, "--config", str(config), fails=True)
+    assert f"{config}: unknown key 'warmup_step' (did you mean 'warmup_steps'?)" in result.stderr
+
+
+def test_status_and_plot(tmp_path, shards_dir):
+    from scratchlm.cli import main
+
+    config = small_run(tmp_path, shards_dir, max_steps=4, sample_steps=4, sample_prompts=["The"], eval_steps=4)
+    launch(tmp_path, "--config", str(config))
+    run = tmp_path / "run"
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "loss.png").stat().st_size > 5000
+    from scratchlm.train.status import summarize
+
+    text = summarize(run)
+    assert "step 4 / 4 (100.0%), 512 tokens" in text and "val bpb" in text
+    assert "latest checkpoint: step_00000004" in text and "[greedy] 'The' ->" in text
