@@ -277,16 +277,29 @@ def test_unknown_yaml_key_names_the_file(tmp_path, shards_dir):
     assert f"{config}: unknown key 'warmup_step' (did you mean 'warmup_steps'?)" in result.stderr
 
 
-def test_status_and_plot(tmp_path, shards_dir):
-    from scratchlm.cli import main
+def test_status_plot_timed_saves_and_checkpoint_export(tmp_path, shards_dir):
+    import torch
 
-    config = small_run(tmp_path, shards_dir, max_steps=4, sample_steps=4, sample_prompts=["The"], eval_steps=4)
-    launch(tmp_path, "--config", str(config))
-    run = tmp_path / "run"
-    assert main(["plot", str(run)]) == 0
-    assert (run / "plots" / "loss.png").stat().st_size > 5000
+    from scratchlm.cli import main
+    from scratchlm.model.files import load_model
     from scratchlm.train.status import summarize
 
+    config = small_run(tmp_path, shards_dir, max_steps=6, sample_steps=6, sample_prompts=["The"], eval_steps=6,
+                       save_steps=0, save_minutes=0.001, save_total_limit=10, gradient_checkpointing=True)
+    launch(tmp_path, "--config", str(config))
+    run = tmp_path / "run"
+    reasons = [json.loads((p / "trainer_state.json").read_text())["reason"] for p in ckpt.complete_checkpoints(run)]
+    assert "timed" in reasons and reasons[-1] == "end"  # save_minutes: 0.06 s
+    assert main(["plot", str(run)]) == 0
+    assert (run / "plots" / "loss.png").stat().st_size > 5000
     text = summarize(run)
-    assert "step 4 / 4 (100.0%), 512 tokens" in text and "val bpb" in text
-    assert "latest checkpoint: step_00000004" in text and "[greedy] 'The' ->" in text
+    assert "step 6 / 6 (100.0%), 768 tokens" in text and "val bpb" in text
+    assert "latest checkpoint: step_00000006" in text and "[greedy] 'The' ->" in text
+    # A training checkpoint exports like a model directory, to the same weights as the run's export.
+    assert main(["export", str(run / "checkpoints" / "step_00000006"), "--out", str(tmp_path / "llama"),
+                 "--format", "llama"]) == 0
+    ids = torch.tensor([[0, 5, 9, 200, 3]])
+    exported, _ = load_model(run / "export")
+    llama, _ = load_model(tmp_path / "llama")
+    assert llama.config.model_type == "llama"
+    torch.testing.assert_close(llama(ids).logits, exported(ids).logits, rtol=0, atol=1e-6)

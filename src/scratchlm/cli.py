@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(run=run_model_init)
 
-    export = commands.add_parser("export", help="re-save a model directory as scratch or stock llama")
-    export.add_argument("checkpoint", help="model directory")
+    export = commands.add_parser("export", help="a model directory or training checkpoint as scratch or stock llama")
+    export.add_argument("checkpoint", help="model directory or runs/<run>/checkpoints/step_XXXXXXXX")
     export.add_argument("--out", required=True)
     export.add_argument("--format", choices=["scratch", "llama"], default="scratch")
     export.set_defaults(run=run_export)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--vocab-size", type=int, required=True)
     train.add_argument("--out", required=True)
     train.add_argument("--text-column", default="text", help="column holding the text (jsonl/parquet)")
-    train.add_argument("--max-chars", type=int, default=2_000_000_000, help="stop reading after this much text")
+    train.add_argument("--max-chars", type=int, default=2_000_000_000, help="text to read, shared among inputs")
     train.set_defaults(run=run_tokenizer_train)
 
     data = commands.add_parser("data", help="the embedded default dataset; token shards")
@@ -139,33 +139,22 @@ def run_model_init(args) -> None:
 
 
 def run_export(args) -> None:
-    from .model.files import export_model
+    from .model.files import save_model
+    from .train.checkpoint import load_model_from
 
-    out = export_model(args.checkpoint, args.out, args.format)
-    print(f"wrote {out} ({args.format})")
+    model, tokenizer = load_model_from(args.checkpoint)
+    print(f"wrote {save_model(model, tokenizer, args.out, args.format)} ({args.format})")
 
 
 def run_tokenizer_train(args) -> None:
-    from itertools import chain
-
     from .data.sources import Source
-    from .tokenization import train_tokenizer
+    from .tokenization import sample_texts, train_tokenizer
 
     sources = [Source.parse(spec, args.text_column) for spec in args.input]
     for source in sources:
         source.check()
-    texts = _limit_chars(chain.from_iterable(source.values() for source in sources), args.max_chars)
-    stats = train_tokenizer(texts, args.vocab_size, args.out)
+    stats = train_tokenizer(sample_texts(sources, args.max_chars), args.vocab_size, args.out)
     print(f"wrote {args.out}: {json.dumps(stats)}")
-
-
-def _limit_chars(texts, max_chars: int):
-    seen = 0
-    for text in texts:
-        yield text[: max_chars - seen]
-        seen += len(text)
-        if seen >= max_chars:
-            return
 
 
 def run_data_default(args) -> None:

@@ -11,7 +11,7 @@ Every tokenizer scratchlm trains has the same shape, so every later stage can re
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -69,6 +69,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         "seconds": round(seconds, 3),
         "mb_per_s": round(counted.bytes / 1e6 / seconds, 3),
     }
+
+
+def sample_texts(sources, max_chars: int) -> Iterator[str]:
+    """Text from each source up to its weight's share of `max_chars` (a tokenizer needs a sample,
+    not a whole 100B-token corpus, and a sample with the mixture's proportions)."""
+    total = sum(source.weight for source in sources)
+    for source in sources:
+        budget = max_chars * source.weight / total
+        seen = 0
+        for text in source.values():
+            yield text[: int(budget - seen)]
+            seen += len(text)
+            if seen >= budget:
+                break
 
 
 def wrap_tokenizer(backend: Tokenizer) -> PreTrainedTokenizerFast:

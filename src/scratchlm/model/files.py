@@ -87,11 +87,6 @@ def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -
     return out_dir
 
 
-def export_model(checkpoint: str | Path, out_dir: str | Path, format: str) -> Path:
-    model, tokenizer = load_model(checkpoint)
-    return save_model(model, tokenizer, out_dir, format)
-
-
 def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
     """The same weights under `model_type: llama`, loadable with no remote code at all."""
     config = model.config

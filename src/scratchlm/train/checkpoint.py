@@ -39,6 +39,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from ..errors import ScratchError
+from ..model import ScratchConfig, ScratchForCausalLM
+from ..model.files import load_model
+from ..tokenization import load_tokenizer
 
 # Saving or loading in one process is intended (CPU runs, export), not a misconfiguration.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -158,11 +161,16 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
     return json.loads((path / "trainer_state.json").read_text())
 
 
-def load_weights(path: Path, model) -> None:
-    """Only the weights of a checkpoint, into a plain (unsharded) model: export and init_from."""
+def load_model_from(path: str | Path, with_tokenizer: bool = True):
+    """(model, tokenizer) from an exported model directory or a training checkpoint."""
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        return load_model(path, with_tokenizer=with_tokenizer)
+    model = ScratchForCausalLM(ScratchConfig.from_pretrained(str(path)))
     state = model.state_dict()
-    _load_tensors(Path(path) / "model", state, json.loads((Path(path) / "model" / "aliases.json").read_text()))
+    _load_tensors(path / "model", state)
     model.load_state_dict(state)
+    return model, load_tokenizer(path / "tokenizer") if with_tokenizer else None
 
 
 def _load_tensors(folder: Path, template: dict, aliases: dict | None = None) -> None:

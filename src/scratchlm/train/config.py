@@ -37,6 +37,7 @@ class PretrainConfig:
     data_config: str = ""
     default_data: str = ""
     tokenizer_vocab_size: int = 0
+    tokenizer_train_chars: int = 2_000_000_000  # the sample it trains on, split by source weight
     seq_len: int = 0  # 0: the model's context length
     document_masking: bool = True  # attention stays within each packed document
 

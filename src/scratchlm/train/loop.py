@@ -12,7 +12,6 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
-from itertools import chain
 from pathlib import Path
 
 import torch
@@ -28,10 +27,10 @@ from ..data.shards import TokenShards
 from ..errors import ScratchError
 from ..eval.bpb import evaluate_bpb, token_byte_lengths
 from ..model import ScratchConfig, ScratchForCausalLM
-from ..model.files import attention_backend, load_model, save_model
+from ..model.files import attention_backend, save_model
 from ..model.info import model_stats
 from ..model.presets import build_config
-from ..tokenization import check_tokenizer_fits, load_tokenizer, train_tokenizer
+from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, train_tokenizer
 from . import checkpoint as ckpt
 from .config import PretrainConfig
 from .hardware import prepare_environment
@@ -298,7 +297,7 @@ def prepare_data(config: PretrainConfig) -> Path:
                 f"tokenizer {tokenizer_dir} does not exist: train one (scratchlm tokenizer train) "
                 "or set tokenizer_vocab_size to train it on the data config's text sources"
             )
-        texts = chain.from_iterable(s.values() for s in data.sources if s.format == "text")
+        texts = sample_texts([s for s in data.sources if s.format == "text"], config.tokenizer_train_chars)
         train_tokenizer(texts, config.tokenizer_vocab_size, tokenizer_dir)
     prepare(data, config.data_dir)
     return tokenizer_dir
@@ -328,13 +327,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
 
 def load_initial_weights(source: str):
     """Midtraining starts from an exported model directory or from a training checkpoint."""
-    path = Path(source)
-    if (path / ckpt.COMPLETE).is_file():
-        model_config = ScratchConfig.from_pretrained(str(path))
-        model = ScratchForCausalLM(model_config)
-        ckpt.load_weights(path, model)
-        return model, model_config
-    model, _ = load_model(path, with_tokenizer=False)
+    model, _ = ckpt.load_model_from(source, with_tokenizer=False)
     if not isinstance(model, ScratchForCausalLM):  # a stock llama export: continue as our class
         known = ScratchConfig.__dataclass_fields__
         config = build_config({k: v for k, v in model.config.to_dict().items() if k in known})

@@ -1,0 +1,153 @@
+"""Every recipe and accelerate config parses, and its resolved plan is the seed's."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+
+from scratchlm.cli import main
+from scratchlm.config import read_yaml
+from scratchlm.data.prepare import read_prepare_config
+from scratchlm.model.info import model_stats
+from scratchlm.model.presets import build_config
+from scratchlm.train.config import parse_pretrain_args
+from scratchlm.train.hardware import nccl_settings
+from scratchlm.train.plan import resolve_plan
+from scratchlm.train.schedule import Schedule
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/pretrain.yaml"))
+# recipe: (GPUs it is launched on, tokens per step, steps) as in the seeds
+SEEDS = {
+    "tiny": (1, 4096, 300),
+    "genesis-1b": (2, 524_288, 40_000),
+    "a100-1b": (1, 131_072, 90_000),
+    "bitnet-95m": (1, 8_192, 400_000),
+    "h100-d20": (8, 524_288, 21_528),
+}
+
+
+@pytest.fixture
+def clean_environ(monkeypatch):
+    """Recipes export their env: block; keep it out of other tests."""
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+
+
+def test_every_seed_has_a_recipe():
+    assert sorted(SEEDS) == RECIPES
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_parses_and_plans_like_its_seed(name, clean_environ):
+    config = parse_pretrain_args(["--config", str(REPO / "recipes" / name / "pretrain.yaml")])
+    data = read_prepare_config(read_yaml(REPO / config.data_config), where=config.data_config)
+    model = build_config({"preset": config.model_preset})
+    assert config.tokenizer_vocab_size <= model.vocab_size
+    assert data.tokenizer.startswith(f"runs/{name}/")
+    gpus, tokens_per_step, steps = SEEDS[name]
+    stats = model_stats(model, config.seq_len)
+    plan = resolve_plan(
+        stats,
+        config.seq_len,
+        config.per_device_train_batch_size,
+        gpus,
+        config.gradient_accumulation_steps,
+        config.tokens_per_step,
+        config.max_steps,
+        config.max_tokens,
+        config.target_flops,
+        config.tokens_per_param,
+    )
+    assert (plan.tokens_per_step, plan.steps) == (tokens_per_step, steps)
+    assert (REPO / "recipes" / name / "README.md").is_file()
+
+
+def test_genesis_recipe_sets_nccl_for_pcie_cards(clean_environ):
+    parse_pretrain_args(["--config", str(REPO / "recipes" / "genesis-1b" / "pretrain.yaml")])
+    assert os.environ["NCCL_P2P_DISABLE"] == "1" and os.environ["NCCL_IB_DISABLE"] == "1"
+
+
+def test_command_line_overrides_the_recipe(clean_environ):
+    config = parse_pretrain_args(
+        [
+            "--config",
+            str(REPO / "recipes" / "tiny" / "pretrain.yaml"),
+            "--learning_rate",
+            "1e-3",
+            "--sample_prompts",
+            "a",
+            "b",
+        ]
+    )
+    assert config.learning_rate == 1e-3 and config.sample_prompts == ["a", "b"] and config.max_steps == 300
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    config = load_config_from_file(str(path))
+    if "fsdp2" in path.name or path.name == "multinode.yaml":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+
+
+def test_nccl_settings_follow_the_machine():
+    no_peer = {(0, 1): False, (1, 0): False}
+    assert nccl_settings(no_peer, infiniband=False, env={}) == {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}
+    assert nccl_settings({(0, 1): True, (1, 0): True}, infiniband=True, env={}) == {}
+    assert nccl_settings(no_peer, infiniband=True, env={"NCCL_P2P_DISABLE": "0"}) == {}  # the user's choice stands
+
+
+def test_schedules():
+    cosine = Schedule("cosine", 1e-3, 1e-4, warmup_steps=10, total_steps=111, weight_decay=0.1)
+    assert cosine.lr(0) == pytest.approx(1e-4) and cosine.lr(9) == pytest.approx(1e-3)
+    assert cosine.lr(60) == pytest.approx(5.5e-4) and cosine.lr(110) == pytest.approx(1e-4)
+    wsd = Schedule("wsd", 1e-3, 0.0, warmup_steps=0, total_steps=100, weight_decay=0.1, decay_fraction=0.2)
+    assert wsd.lr(79) == 1e-3 and wsd.lr(80) == 1e-3 and wsd.lr(99) == 0.0 and wsd.stage(85) == "decay"
+    two = Schedule(
+        "two_stage",
+        1.5e-3,
+        1.5e-5,
+        warmup_steps=375,
+        total_steps=400_000,
+        weight_decay=0.1,
+        stage_boundary=200_000,
+        stage1_final_lr=1e-3,
+        stage2_weight_decay=0.0,
+    )
+    assert two.lr(374) == pytest.approx(1.5e-3) and two.lr(199_999) == pytest.approx(1e-3)
+    assert two.lr(399_999) == pytest.approx(1.5e-5)
+    assert (two.weight_decay_at(199_999), two.weight_decay_at(200_000)) == (0.1, 0.0)
+    assert two.forced_checkpoints() == {199_999, 200_000}
+
+
+def test_planner_reproduces_the_genesis_numbers(capsys):
+    assert (
+        main(
+            [
+                "plan",
+                "--preset",
+                "genesis-1b",
+                "--gpu",
+                "4090",
+                "--num-gpus",
+                "2",
+                "--steps",
+                "40000",
+                "--micro-batch",
+                "4",
+                "--usd-per-gpu-hour",
+                "0.35",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["tokens_per_step"] == 524_288 and plan["accumulation"] == 32
+    assert plan["tokens"] == 20_971_520_000 and round(plan["tokens_per_param"], 1) == 21.0
+    assert 17_000 < plan["tok_per_s"] < 20_000  # the seed measured ~19,000 tok/s
+    assert plan["cost_usd"] == pytest.approx(plan["hours"] * 2 * 0.35, rel=1e-3)
+    assert main(["plan", "--preset", "genesis-1b", "--gpu", "4090", "--num-gpus", "2", "--ratio", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 38_164  # the seed's "~38,150 steps"
