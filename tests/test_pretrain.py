@@ -284,8 +284,18 @@ def test_status_plot_timed_saves_and_checkpoint_export(tmp_path, shards_dir):
     from scratchlm.model.files import load_model
     from scratchlm.train.status import summarize
 
-    config = small_run(tmp_path, shards_dir, max_steps=6, sample_steps=6, sample_prompts=["The"], eval_steps=6,
-                       save_steps=0, save_minutes=0.0001, save_total_limit=10, gradient_checkpointing=True)
+    config = small_run(
+        tmp_path,
+        shards_dir,
+        max_steps=6,
+        sample_steps=6,
+        sample_prompts=["The"],
+        eval_steps=6,
+        save_steps=0,
+        save_minutes=0.0001,
+        save_total_limit=10,
+        gradient_checkpointing=True,
+    )
     launch(tmp_path, "--config", str(config))
     run = tmp_path / "run"
     reasons = [json.loads((p / "trainer_state.json").read_text())["reason"] for p in ckpt.complete_checkpoints(run)]
@@ -296,10 +306,49 @@ def test_status_plot_timed_saves_and_checkpoint_export(tmp_path, shards_dir):
     assert "step 6 / 6 (100.0%), 768 tokens" in text and "val bpb" in text
     assert "latest checkpoint: step_00000006" in text and "[greedy] 'The' ->" in text
     # A training checkpoint exports like a model directory, to the same weights as the run's export.
-    assert main(["export", str(run / "checkpoints" / "step_00000006"), "--out", str(tmp_path / "llama"),
-                 "--format", "llama"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(run / "checkpoints" / "step_00000006"),
+                "--out",
+                str(tmp_path / "llama"),
+                "--format",
+                "llama",
+            ]
+        )
+        == 0
+    )
     ids = torch.tensor([[0, 5, 9, 200, 3]])
     exported, _ = load_model(run / "export")
     llama, _ = load_model(tmp_path / "llama")
     assert llama.config.model_type == "llama"
     torch.testing.assert_close(llama(ids).logits, exported(ids).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("resume_processes", [2, 1])
+def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, resume_processes):
+    def run(mode: str, processes: int) -> dict:
+        command = [
+            shutil.which("torchrun"),
+            "--nproc_per_node",
+            str(processes),
+            "--master_port",
+            "29561",
+            str(REPO / "tests" / "fsdp_worker.py"),
+            str(tmp_path),
+            mode,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {int(k): v for k, v in json.loads((tmp_path / f"losses_{mode}.json").read_text()).items()}
+
+    straight = run("straight", 2)
+    run("save", 2)
+    saved = ckpt.latest_checkpoint(tmp_path)
+    shards = sorted(p.name for p in (saved / "optimizer").glob("*.safetensors"))
+    assert len(shards) == 2  # each rank wrote its own shard of the AdamW moments
+    resumed = run("resume", resume_processes)
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
