@@ -352,3 +352,34 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, re
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, loss in resumed.items():
         assert loss == pytest.approx(straight[step], rel=1e-5, abs=1e-6), step
+
+
+def test_midtraining_starts_from_an_export_or_a_checkpoint(tmp_path, shards_dir, tokenizer_dir):
+    base = small_run(tmp_path / "base", shards_dir, max_steps=30, usd_per_gpu_hour=3600.0)
+    launch(tmp_path / "base", "--config", str(base))
+    pretrained = train_losses(tmp_path / "base" / "run")
+    last = pretrained[30]
+    assert last["cost_usd"] == pytest.approx(last["elapsed_s"], rel=1e-6)  # $3600/h = $1 per second
+    for source in (tmp_path / "base" / "run" / "export", tmp_path / "base" / "run" / "checkpoints" / "step_00000030"):
+        mid = small_run(
+            tmp_path / source.name,
+            shards_dir,
+            max_steps=3,
+            learning_rate=1e-4,
+            warmup_steps=0,
+            min_lr=1e-5,
+            model_config="",
+            init_from=str(source),
+        )
+        launch(tmp_path / source.name, "--config", str(mid))
+        first = train_losses(tmp_path / source.name / "run")[1]["loss"]
+        assert first < pretrained[1]["loss"] - 1.0  # it starts from the trained weights, not from scratch
+        assert json.loads((tmp_path / source.name / "run" / "plan.json").read_text())["total_steps"] == 3
+    # Data prepared with another tokenizer than the model's is refused before training.
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tmp_path / "base" / "run" / "export", foreign)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, foreign / name)
+    other = small_run(tmp_path / "other", shards_dir, model_config="", init_from=str(foreign))
+    result = launch(tmp_path / "other", "--config", str(other), fails=True)
+    assert "was trained with another tokenizer" in result.stderr

@@ -151,3 +151,12 @@ def test_planner_reproduces_the_genesis_numbers(capsys):
     assert plan["cost_usd"] == pytest.approx(plan["hours"] * 2 * 0.35, rel=1e-3)
     assert main(["plan", "--preset", "genesis-1b", "--gpu", "4090", "--num-gpus", "2", "--ratio", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 38_164  # the seed's "~38,150 steps"
+
+
+def test_spike_detector_warns_on_jumps_only():
+    from scratchlm.train.monitor import SpikeDetector
+
+    detector = SpikeDetector(factor=3.0, settle_steps=5)
+    assert not any(detector.is_spike(2.0) for _ in range(10))
+    assert detector.is_spike(7.0) and not detector.is_spike(2.1)
+    assert detector.average == pytest.approx(2.0, abs=0.01)  # the spike did not move the average

@@ -30,7 +30,7 @@ from ..model import ScratchConfig, ScratchForCausalLM
 from ..model.files import attention_backend, save_model
 from ..model.info import model_stats
 from ..model.presets import build_config
-from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, train_tokenizer
+from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
 from . import checkpoint as ckpt
 from .config import PretrainConfig
 from .hardware import prepare_environment
@@ -309,7 +309,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
         model_config = ScratchConfig.from_pretrained(str(resume_from))
         model = ScratchForCausalLM(model_config)  # weights come with the rest of the checkpoint
     elif config.init_from:
-        model, model_config = load_initial_weights(config.init_from)
+        model, model_config = load_initial_weights(config.init_from, tokenizer)
     else:
         spec = {"preset": config.model_preset} if config.model_preset else read_yaml(config.model_config)
         model_config = build_config(spec, where=config.model_config or "model_preset")
@@ -325,9 +325,15 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     return model, model_config
 
 
-def load_initial_weights(source: str):
-    """Midtraining starts from an exported model directory or from a training checkpoint."""
-    model, _ = ckpt.load_model_from(source, with_tokenizer=False)
+def load_initial_weights(source: str, tokenizer):
+    """Midtraining starts from an exported model directory or a training checkpoint, whose tokenizer
+    must be the one the new data was prepared with (else every token id means something else)."""
+    model, own_tokenizer = ckpt.load_model_from(source)
+    if tokenizer_hash(own_tokenizer) != tokenizer_hash(tokenizer):
+        raise ScratchError(
+            f"init_from {source} was trained with another tokenizer than the one this run's data "
+            "was prepared with; prepare the data with the model's tokenizer"
+        )
     if not isinstance(model, ScratchForCausalLM):  # a stock llama export: continue as our class
         known = ScratchConfig.__dataclass_fields__
         config = build_config({k: v for k, v in model.config.to_dict().items() if k in known})
