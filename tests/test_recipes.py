@@ -14,7 +14,6 @@ from scratchlm.model.info import model_stats
 from scratchlm.model.presets import build_config
 from scratchlm.train.config import parse_pretrain_args
 from scratchlm.train.hardware import nccl_settings
-from scratchlm.train.plan import resolve_plan
 from scratchlm.train.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,19 +46,7 @@ def test_recipe_parses_and_plans_like_its_seed(name, clean_environ):
     assert config.tokenizer_vocab_size <= model.vocab_size
     assert data.tokenizer.startswith(f"runs/{name}/")
     gpus, tokens_per_step, steps = SEEDS[name]
-    stats = model_stats(model, config.seq_len)
-    plan = resolve_plan(
-        stats,
-        config.seq_len,
-        config.per_device_train_batch_size,
-        gpus,
-        config.gradient_accumulation_steps,
-        config.tokens_per_step,
-        config.max_steps,
-        config.max_tokens,
-        config.target_flops,
-        config.tokens_per_param,
-    )
+    plan = config.plan(model_stats(model, config.seq_len), config.seq_len, gpus)
     assert (plan.tokens_per_step, plan.steps) == (tokens_per_step, steps)
     assert (REPO / "recipes" / name / "README.md").is_file()
 

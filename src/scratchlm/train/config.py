@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from ..config import convert, read_yaml, unknown_key_error
 from ..errors import ScratchError
+from .plan import Plan, resolve_plan
 
 SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
 
@@ -103,6 +104,21 @@ class PretrainConfig:
         for f in fields(self):  # YAML values arrive untyped: check them like the command line does
             setattr(self, f.name, convert(getattr(self, f.name), hints[f.name], f"config: '{f.name}'"))
         self.validate()
+
+    def plan(self, stats: dict, seq_len: int, world_size: int) -> Plan:
+        """Horizon and batch resolved for a model (stats from model_stats) and a world size."""
+        return resolve_plan(
+            stats,
+            seq_len,
+            self.per_device_train_batch_size,
+            world_size,
+            accumulation=self.gradient_accumulation_steps,
+            tokens_per_step=self.tokens_per_step,
+            max_steps=self.max_steps,
+            max_tokens=self.max_tokens,
+            target_flops=self.target_flops,
+            tokens_per_param=self.tokens_per_param,
+        )
 
     def validate(self) -> None:
         def fail(message: str):

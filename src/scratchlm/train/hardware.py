@@ -13,9 +13,12 @@ import torch
 
 def prepare_environment() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation, fewer OOMs
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # Without this, accelerate leaves each CPU process training alone on the same data.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if not torch.cuda.is_available():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Without this, accelerate leaves each CPU process training alone on the same data.
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+        # `accelerate launch` pins every process to one thread (OMP_NUM_THREADS=1): share the cores instead.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if torch.cuda.device_count() > 1:
         for name, value in nccl_settings(peer_access(), has_infiniband(), os.environ).items():
             os.environ[name] = value

@@ -36,7 +36,7 @@ from .config import PretrainConfig
 from .hardware import prepare_environment
 from .monitor import Progress, RunLog, SpikeDetector, generate_samples, is_finite, memory_stats
 from .optimizer import build_optimizer, set_hyperparameters
-from .plan import peak_flops_of, resolve_plan
+from .plan import peak_flops_of
 from .schedule import Schedule
 
 
@@ -77,18 +77,7 @@ def train(config: PretrainConfig) -> Path:
             f"(max_position_embeddings {model_config.max_position_embeddings})"
         )
     stats = model_stats(model_config, seq_len)
-    plan = resolve_plan(
-        stats,
-        seq_len,
-        config.per_device_train_batch_size,
-        world,
-        config.gradient_accumulation_steps,
-        config.tokens_per_step,
-        config.max_steps,
-        config.max_tokens,
-        config.target_flops,
-        config.tokens_per_param,
-    )
+    plan = config.plan(stats, seq_len, world)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, config)
@@ -387,7 +376,7 @@ def describe(say, plan, state, resume_from, model_config, world, bf16, shards) -
     )
     say(
         f"batch: {plan.micro_batch} x {plan.seq_len} tokens x {plan.accumulation} accumulation x {world} processes "
-        f"= {plan.tokens_per_step:,} tokens/step; bf16 {'on' if bf16 else 'off'}"
+        f"= {plan.tokens_per_step:,} tokens/step; bf16 {'on' if bf16 else 'off'}; {torch.get_num_threads()} threads"
     )
     say(
         f"horizon: {state['total_steps']:,} steps = {state['total_steps'] * plan.tokens_per_step:,} tokens "
