@@ -154,7 +154,7 @@ def test_resume_without_optimizer_state_is_refused(tmp_path, shards_dir):
     assert max(train_losses(tmp_path / "run")) == 8
 
 
-def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir, monkeypatch):
+def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
     config = small_run(tmp_path, shards_dir, max_steps=8)
     launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
     run = tmp_path / "run"
@@ -163,19 +163,27 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir, monkeyp
     partial = run / "checkpoints" / "step_00000005.tmp"
     shutil.copytree(good / "model", partial / "model")
     assert ckpt.latest_checkpoint(run) == good
-    # The same for a process killed at a random moment while checkpointing every step.
+    # The same for a process killed at an arbitrary moment while it checkpoints every step.
     killed = small_run(tmp_path / "killed", shards_dir, max_steps=400, save_steps=1, save_total_limit=1)
     command = [sys.executable, str(REPO / "recipes" / "pretrain.py"), "--config", str(killed)]
-    for delay in (9.0, 10.5):
+    reached = 0
+    for extra in (0.13, 0.37, 0.71):
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+        deadline = time.time() + 240
+        while time.time() < deadline:  # wait until it is checkpointing, beyond where the last one stopped
+            latest = ckpt.latest_checkpoint(tmp_path / "killed" / "run")
+            if latest is not None and ckpt.checkpoint_step(latest) >= reached + 2:
+                break
+            time.sleep(0.05)
+        time.sleep(extra)
         process.send_signal(signal.SIGKILL)
         process.wait()
         latest = ckpt.latest_checkpoint(tmp_path / "killed" / "run")
         assert latest is not None and (latest / ckpt.COMPLETE).is_file()
         state = json.loads((latest / "trainer_state.json").read_text())
-        assert state["step"] == ckpt.checkpoint_step(latest)
+        assert state["step"] == ckpt.checkpoint_step(latest) >= reached + 2
         assert (latest / "optimizer" / "param_groups.json").is_file()
+        reached = state["step"]
     result = launch(
         tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(ckpt.checkpoint_step(latest) + 1)
     )
@@ -201,6 +209,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir
         assert b[step]["windows_checksum"] == a[step]["windows_checksum"]  # the same windows, each once
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
     assert list((tmp_path / "one" / "run" / "wandb").glob("offline-run-*"))  # wandb logged, offline
+    # Half on one process, the rest on two: the same global stream and losses.
+    mixed = small_run(tmp_path / "mixed", shards_dir, per_device_train_batch_size=4, tokens_per_step=256, max_steps=10)
+    launch(tmp_path / "mixed", "--config", str(mixed), "--stop_at_step", "5")
+    launch(tmp_path / "mixed", "--config", str(mixed), processes=2)
+    c = train_losses(tmp_path / "mixed" / "run")
+    for step in range(1, 11):
+        assert c[step]["windows_checksum"] == a[step]["windows_checksum"]
+        assert c[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
 
 
 def test_schedule_extension_and_two_stage_checkpoints(tmp_path, shards_dir):

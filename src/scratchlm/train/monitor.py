@@ -9,6 +9,7 @@ import math
 import os
 import resource
 import secrets
+import sys
 from pathlib import Path
 
 import torch
@@ -99,7 +100,11 @@ class SpikeDetector:
 
 class Progress:
     def __init__(self, enabled: bool, total: int, initial: int):
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)
+        # In a log file (nohup, a cluster job) a line every 30 s, not one per step.
+        interval = 0.1 if sys.stderr.isatty() else 30
+        self.bar = tqdm(
+            total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=interval
+        )
 
     def update(self, record: dict) -> None:
         fields = {
