@@ -42,19 +42,13 @@ def tokenizer_dir(tmp_path_factory, corpus_jsonl):
     return out
 
 
+# A two-layer model: every code path of the real presets at a size tests can afford.
+SMALL_MODEL = {"preset": "tiny", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 1024}  # fmt: skip
+
+
 def small_config(**overrides):
-    """A two-layer model: every code path of the real presets at a size tests can afford."""
-    spec = {
-        "preset": "tiny",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "intermediate_size": 128,
-        "vocab_size": 1024,
-        **overrides,
-    }
-    return build_config(spec)
+    return build_config({**SMALL_MODEL, **overrides})
 
 
 @pytest.fixture(scope="session")

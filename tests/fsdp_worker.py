@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
+from conftest import SMALL_MODEL
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.presets import build_config
 from scratchlm.tokenization import wrap_tokenizer
@@ -28,17 +29,7 @@ def main() -> None:
         dist.init_process_group("gloo")
     rank = dist.get_rank() if distributed else 0
     torch.manual_seed(0)
-    config = build_config(
-        {
-            "preset": "tiny",
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "intermediate_size": 128,
-            "vocab_size": 512,
-        }
-    )
+    config = build_config({**SMALL_MODEL, "vocab_size": 512})
     model = ScratchForCausalLM(config)
     if distributed:
         for layer in model.model.layers:

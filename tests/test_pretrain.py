@@ -13,20 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import SMALL_MODEL
 from scratchlm.train import checkpoint as ckpt
 from scratchlm.train.status import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_MODEL = {
-    "preset": "tiny",
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "intermediate_size": 128,
-    "vocab_size": 1024,
-    "max_position_embeddings": 64,
-}
+SMALL_MODEL = {**SMALL_MODEL, "max_position_embeddings": 64}
 
 
 def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):

@@ -231,60 +231,16 @@ def preference(rng: random.Random, world: World, fact: Fact, wrong: bool) -> dic
 
 def write_core_bundle(out: Path, rng: random.Random, world: World) -> int:
     countries = world.countries
+    capitals = question_rows(rng, countries, "Question: Which city is the capital of {}?", "capital")
+    founders = question_rows(rng, countries, "Question: Who was the founder of {}?", "founder")
+    flags = [schema(rng, c, rng.choice([o for o in countries if o["colour"] != c["colour"]])) for c in countries]
+    sums = [arithmetic_item(rng) for _ in range(100)]
     tasks = [
-        # label, category, type, shots, baseline, delimiter, rows
-        (
-            "world_capitals",
-            "world_knowledge",
-            "multiple_choice",
-            3,
-            25,
-            "\nAnswer: ",
-            [
-                multiple_choice(
-                    rng,
-                    f"Question: Which city is the capital of {c['name']}?",
-                    c["capital"],
-                    [o["capital"] for o in countries],
-                )
-                for c in countries
-            ],
-        ),
-        (
-            "world_founders",
-            "world_knowledge",
-            "multiple_choice",
-            0,
-            25,
-            "\nAnswer: ",
-            [
-                multiple_choice(
-                    rng,
-                    f"Question: Who was the founder of {c['name']}?",
-                    c["founder"],
-                    [o["founder"] for o in countries],
-                )
-                for c in countries
-            ],
-        ),
-        (
-            "flag_schema",
-            "language_understanding",
-            "schema",
-            0,
-            50,
-            " ",
-            [schema(rng, c, rng.choice([o for o in countries if o["colour"] != c["colour"]])) for c in countries],
-        ),
-        (
-            "arithmetic",
-            "symbolic_problem_solving",
-            "language_modeling",
-            5,
-            0,
-            " ",
-            [arithmetic_item(rng) for _ in range(100)],
-        ),
+        # label, category, type, shots, random baseline (%), continuation delimiter, rows
+        ("world_capitals", "world_knowledge", "multiple_choice", 3, 25, "\nAnswer: ", capitals),
+        ("world_founders", "world_knowledge", "multiple_choice", 0, 25, "\nAnswer: ", founders),
+        ("flag_schema", "language_understanding", "schema", 0, 50, " ", flags),
+        ("arithmetic", "symbolic_problem_solving", "language_modeling", 5, 0, " ", sums),
     ]
     config = {"icl_tasks": []}
     out.mkdir(parents=True, exist_ok=True)
@@ -301,6 +257,12 @@ def write_core_bundle(out: Path, rng: random.Random, world: World) -> int:
             writer.writerow([label, category.replace("_", " "), kind.replace("_", " "), shots, len(rows), baseline])
     (out / "core.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return sum(len(rows) for *_, rows in tasks)
+
+
+def question_rows(rng: random.Random, countries: list[dict], question: str, key: str) -> list[dict]:
+    """One four-way multiple-choice item per country; wrong choices are other countries' values."""
+    pool = [c[key] for c in countries]
+    return [multiple_choice(rng, question.format(c["name"]), c[key], pool) for c in countries]
 
 
 def multiple_choice(rng: random.Random, query: str, gold: str, pool: list[str]) -> dict:
