@@ -133,6 +133,7 @@ def test_prepare_marks_each_document_boundary_exactly_once(tmp_path, default_tok
 
 def test_prepare_manifest_and_validation_split(shards_dir, default_dir, default_tokenizer):
     manifest = json.loads((shards_dir / "manifest.json").read_text())
+    TokenShards(shards_dir, AutoTokenizer.from_pretrained(shards_dir / "tokenizer"))  # self-contained
     assert manifest["dtype"] == "uint16" and manifest["val_every"] == 100
     assert [round(s["weight"], 3) for s in manifest["sources"]] == [0.6, 0.3, 0.1]
     world = manifest["sources"][0]

@@ -391,3 +391,12 @@ def test_midtraining_starts_from_an_export_or_a_checkpoint(tmp_path, shards_dir,
     other = small_run(tmp_path / "other", shards_dir, model_config="", init_from=str(foreign))
     result = launch(tmp_path / "other", "--config", str(other), fails=True)
     assert "was trained with another tokenizer" in result.stderr
+
+
+def test_torch_compile_trains_checkpoints_and_resumes(tmp_path, shards_dir):
+    config = small_run(tmp_path, shards_dir, max_steps=4, torch_compile=True, save_steps=2)
+    launch(tmp_path, "--config", str(config))
+    launch(tmp_path, "--config", str(config), "--extend_to", "6")
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6]["loss"] < losses[1]["loss"]
+    assert (tmp_path / "run" / "export" / "model.safetensors").is_file()

@@ -1,6 +1,7 @@
 """`scratchlm data prepare`: tokenize sources into memmap token shards with a manifest.
 
     OUT/manifest.json        tokenizer hash, sources, weights, documents/tokens/bytes per source and split
+    OUT/tokenizer/           the tokenizer the shards were made with (the shards need nothing else)
     OUT/<source>/train.bin   token ids (uint16 when the vocabulary fits, else uint32), documents back to back
     OUT/<source>/val.bin     every `val_every`-th document, held out
 
@@ -84,6 +85,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    tokenizer.save_pretrained(str(partial / "tokenizer"))
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
     total_weight = sum(s.weight for s in config.sources)

@@ -60,8 +60,8 @@ def train(config: PretrainConfig) -> Path:
 
     # --- data --------------------------------------------------------------------------------------
     with accelerator.main_process_first():
-        tokenizer_dir = prepare_data(config)
-    tokenizer = load_tokenizer(tokenizer_dir)
+        prepare_data(config)
+    tokenizer = load_tokenizer(Path(config.data_dir) / "tokenizer")
     shards = TokenShards(config.data_dir, tokenizer)
 
     # --- model -------------------------------------------------------------------------------------
@@ -268,16 +268,14 @@ def train(config: PretrainConfig) -> Path:
 # --- the pieces ------------------------------------------------------------------------------------
 
 
-def prepare_data(config: PretrainConfig) -> Path:
-    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards.
-    Returns the tokenizer directory the shards were (or will be) made with."""
+def prepare_data(config: PretrainConfig) -> None:
+    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards."""
     if config.default_data and not (Path(config.default_data) / "probes.jsonl").is_file():
         write_default(config.default_data)
     if not config.data_config:
-        manifest = Path(config.data_dir) / "manifest.json"
-        if not manifest.is_file():
+        if not (Path(config.data_dir) / "manifest.json").is_file():
             raise ScratchError(f"{config.data_dir} holds no prepared shards and no data_config says how to make them")
-        return Path(json.loads(manifest.read_text())["tokenizer_path"])
+        return
     data = read_prepare_config(read_yaml(config.data_config), where=config.data_config)
     tokenizer_dir = Path(data.tokenizer)
     if not (tokenizer_dir / "tokenizer.json").is_file():
@@ -289,7 +287,6 @@ def prepare_data(config: PretrainConfig) -> Path:
         texts = sample_texts([s for s in data.sources if s.format == "text"], config.tokenizer_train_chars)
         train_tokenizer(texts, config.tokenizer_vocab_size, tokenizer_dir)
     prepare(data, config.data_dir)
-    return tokenizer_dir
 
 
 def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
