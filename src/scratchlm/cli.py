@@ -3,15 +3,23 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import read_yaml
 from .errors import ScratchError
 
+POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in POST_TRAINING:
+            from .posttrain import run_stage
+
+            print(f"done: {run_stage(argv[0], argv[1:]) / 'export'}")
+            return 0
+        args = build_parser().parse_args(argv)
         return args.run(args) or 0
     except ScratchError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -95,6 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="the loss curve of a run as RUN_DIR/plots/loss.png")
     plot.add_argument("run_dir")
     plot.set_defaults(run=run_plot)
+
+    for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
+        commands.add_parser(stage, help=f"trl {stage} --config RECIPE, checked before and laid out like a run after")
+
+    evaluate = commands.add_parser("eval", help="evaluate a model directory")
+    eval_commands = evaluate.add_subparsers(required=True, metavar="WHAT")
+    chat = eval_commands.add_parser("chat", help="held-out chat QA accuracy and stop rate")
+    chat.add_argument("--model", required=True)
+    chat.add_argument("--data", required=True, help="jsonl of {messages, answer} (the default's chat/test.jsonl)")
+    chat.add_argument("--max-new-tokens", type=int, default=48)
+    chat.add_argument("--out", help="also write the result as JSON here")
+    chat.set_defaults(run=run_eval_chat)
+    preference = eval_commands.add_parser("preference", help="how often the chosen reply is the likelier one")
+    preference.add_argument("--model", required=True)
+    preference.add_argument("--data", required=True, help="jsonl of {prompt, chosen, rejected}")
+    preference.add_argument("--reference", help="reference model for the DPO reward margin (e.g. the SFT model)")
+    preference.add_argument("--beta", type=float, default=0.1)
+    preference.add_argument("--out")
+    preference.set_defaults(run=run_eval_preference)
 
     generate = commands.add_parser("generate", help="continue a prompt with a model directory")
     generate.add_argument("--model", required=True)
@@ -233,6 +260,30 @@ def run_plot(args) -> None:
     from .report import plot_loss
 
     print(f"wrote {plot_loss(args.run_dir)}")
+
+
+def run_eval_chat(args) -> None:
+    from .eval.chat import chat_eval, read_rows
+    from .model.files import load_model
+
+    model, tokenizer = load_model(args.model)
+    _report(chat_eval(model, tokenizer, read_rows(args.data, ("messages", "answer")), args.max_new_tokens), args.out)
+
+
+def run_eval_preference(args) -> None:
+    from .eval.chat import preference_eval, read_rows
+    from .model.files import load_model
+
+    model, tokenizer = load_model(args.model)
+    reference = load_model(args.reference, with_tokenizer=False)[0] if args.reference else None
+    rows = read_rows(args.data, ("prompt", "chosen", "rejected"))
+    _report(preference_eval(model, tokenizer, rows, reference, args.beta), args.out)
+
+
+def _report(result: dict, out: str | None) -> None:
+    print(json.dumps(result, indent=1))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1))
 
 
 def run_generate(args) -> None:

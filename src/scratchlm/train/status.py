@@ -32,21 +32,24 @@ def summarize(run_dir: str | Path) -> str:
         lines.append(f"  not started: 0 / {total:,} steps")
     else:
         last = train[-1]
-        lines.append(f"  step {last['step']:,} / {total:,} ({last['step'] / total:.1%}), {last['tokens']:,} tokens")
+        tokens = f", {last['tokens']:,.0f} tokens" if last.get("tokens") else ""
+        lines.append(f"  step {last['step']:,} / {total:,} ({last['step'] / total:.1%}){tokens}")
         loss = f"  loss {last['loss']:.4f}, lr {last['lr']:.3g}, grad norm {last['grad_norm']:.3f}"
         if evals:
             val = evals[-1]
             loss += f"; val loss {val['val_loss']:.4f}, val bpb {val['val_bpb']:.4f} (step {val['step']:,})"
         lines.append(loss)
-        mfu = f", MFU {last['mfu']:.1%}" if last.get("mfu") is not None else ""
-        lines.append(
-            f"  {last['tok_per_s']:,.0f} tok/s{mfu}, elapsed {_duration(last['elapsed_s'])}, "
-            f"ETA {_duration(last['eta_s'])}, cost ${last['cost_usd']:.2f}"
-        )
+        if "tok_per_s" in last:  # our trainer's metrics (TRL stages log fewer)
+            mfu = f", MFU {last['mfu']:.1%}" if last.get("mfu") is not None else ""
+            lines.append(
+                f"  {last['tok_per_s']:,.0f} tok/s{mfu}, elapsed {_duration(last['elapsed_s'])}, "
+                f"ETA {_duration(last['eta_s'])}, cost ${last['cost_usd']:.2f}"
+            )
         repeated = {k: v for k, v in last.get("epochs", {}).items() if v > 1}
         if repeated:
             lines.append("  data repeating: " + ", ".join(f"{k} {v:.2f} epochs" for k, v in repeated.items()))
-    checkpoint = latest_checkpoint(run_dir)
+    trl_checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoint = latest_checkpoint(run_dir) or (trl_checkpoints[-1] if trl_checkpoints else None)
     lines.append(f"  latest checkpoint: {checkpoint.name if checkpoint else 'none'}")
     if (run_dir / "export" / "config.json").is_file():
         lines.append(f"  exported: {run_dir / 'export'}")

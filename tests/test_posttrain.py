@@ -1,0 +1,153 @@
+"""Post-training as users run it: `scratchlm sft|dpo --config` around the real `trl sft|dpo` CLI."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from scratchlm.cli import main
+from scratchlm.eval.chat import chat_eval, preference_eval, read_rows
+from scratchlm.model.files import load_model
+from scratchlm.train.status import read_jsonl, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe(tmp_path: Path, stage: str, model: Path, data: Path, **overrides) -> Path:
+    """The tiny recipe of a stage, pointed at test paths and shortened."""
+    values = yaml.safe_load((REPO / "recipes" / "tiny" / f"{stage}.yaml").read_text())
+    values["model_name_or_path"] = str(model)
+    values["datasets"][0]["data_files"] = str(data)
+    values["output_dir"] = str(tmp_path / stage)
+    values.update(overrides)
+    path = tmp_path / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, small_model_dir, default_dir):
+    tmp_path = tmp_path_factory.mktemp("sft")
+    config = recipe(
+        tmp_path,
+        "sft",
+        small_model_dir,
+        default_dir / "chat" / "train.jsonl",
+        max_steps=6,
+        save_steps=3,
+        logging_steps=2,
+        max_length=128,
+    )
+    assert main(["sft", "--config", str(config)]) == 0
+    return tmp_path / "sft"
+
+
+def test_sft_runs_through_trl_and_lays_out_the_run(sft_run, small_model_dir):
+    assert sorted(p.name for p in sft_run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    metrics = read_jsonl(sft_run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [2, 4, 6] and all(m["stage"] == "sft" for m in metrics)
+    samples = read_jsonl(sft_run / "samples.jsonl")
+    assert {s["step"] for s in samples} == {3, 6} and len(samples) == 6  # 3 prompts x 2 checkpoints
+    model, tokenizer = load_model(sft_run / "export")
+    assert model.config.model_type == "scratch" and tokenizer.chat_template
+    assert model.generation_config.eos_token_id == [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    ]
+    assert "step 6 / 6 (100.0%)" in summarize(sft_run)
+    assert main(["plot", str(sft_run)]) == 0
+
+
+def test_dpo_runs_through_trl_from_the_sft_export(tmp_path, sft_run, default_dir):
+    config = recipe(
+        tmp_path,
+        "dpo",
+        sft_run / "export",
+        default_dir / "preference" / "train.jsonl",
+        max_steps=2,
+        save_steps=2,
+        logging_steps=1,
+        per_device_train_batch_size=4,
+        max_length=128,
+    )
+    assert main(["dpo", "--config", str(config)]) == 0
+    metrics = read_jsonl(tmp_path / "dpo" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2] and "rewards/margins" in metrics[-1]
+    model, _ = load_model(tmp_path / "dpo" / "export")
+    rows = read_rows(default_dir / "preference" / "test.jsonl", ("prompt", "chosen", "rejected"))[:8]
+    reference, tokenizer = load_model(sft_run / "export")
+    result = preference_eval(model, tokenizer, rows, reference=reference)
+    assert 0 <= result["preference_accuracy"] <= 1 and "reward_margin" in result
+
+
+def test_chat_eval_scores_answers_and_stops(sft_run, default_dir):
+    model, tokenizer = load_model(sft_run / "export")
+    rows = read_rows(default_dir / "chat" / "test.jsonl", ("messages", "answer"))[:6]
+    result = chat_eval(model, tokenizer, rows, max_new_tokens=8)
+    assert result["n"] == 6 and 0 <= result["chat_accuracy"] <= 1 and 0 <= result["stop_rate"] <= 1
+
+    # A model that parrots the expected answer and stops is scored 1.0 on both.
+    class Parrot:
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, **kwargs):
+            import torch
+
+            replies = [tokenizer(f" {r['answer']}.<|im_end|>", add_special_tokens=False).input_ids for r in rows]
+            width = max(len(r) for r in replies)
+            padded = [r + [tokenizer.pad_token_id] * (width - len(r)) for r in replies]
+            return torch.cat([input_ids, torch.tensor(padded)], dim=1)
+
+    perfect = chat_eval(Parrot(), tokenizer, rows)
+    assert perfect["chat_accuracy"] == 1.0 and perfect["stop_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_messages", "has no column 'messages' (columns: text); sft needs messages"),
+        ("not_exported", "is not an exported model directory"),
+        ("no_template", "has no chat template"),
+        ("no_generation_tag", "assistant_only_loss needs {% generation %}"),
+        ("no_remote_code", "set trust_remote_code: true"),
+    ],
+)
+def test_sft_bad_input_fails_before_training(tmp_path, capsys, small_model_dir, default_dir, case, message):
+    model, data = tmp_path / "model", default_dir / "chat" / "train.jsonl"
+    shutil.copytree(small_model_dir, model)
+    overrides = {}
+    if case == "no_messages":
+        data = default_dir / "pretrain" / "math.jsonl"
+    elif case == "not_exported":
+        model = tmp_path
+    elif case in ("no_template", "no_generation_tag"):
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer.chat_template = None if case == "no_template" else "{{ messages[0]['content'] }}"
+        (model / "chat_template.jinja").unlink()
+        tokenizer.save_pretrained(model)
+    else:
+        overrides["trust_remote_code"] = False
+    config = recipe(tmp_path, "sft", model, data, **overrides)
+    assert main(["sft", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not (tmp_path / "sft").exists()  # TRL never started
+
+
+def test_dpo_needs_preference_columns(tmp_path, capsys, small_model_dir, default_dir):
+    config = recipe(tmp_path, "dpo", small_model_dir, default_dir / "chat" / "train.jsonl")
+    assert main(["dpo", "--config", str(config)]) == 2
+    assert "has no column 'prompt', 'chosen', 'rejected' (columns: messages)" in capsys.readouterr().err
+
+
+def test_recipes_name_the_previous_stage_export():
+    chain = {"midtrain": "init_from", "sft": "model_name_or_path", "dpo": "model_name_or_path"}
+    expected = {"midtrain": "runs/tiny/pretrain/export", "sft": "runs/tiny/mid/export", "dpo": "runs/tiny/sft/export"}
+    for stage, key in chain.items():
+        values = yaml.safe_load((REPO / "recipes" / "tiny" / f"{stage}.yaml").read_text())
+        assert values[key] == expected[stage]
+    sft = yaml.safe_load((REPO / "recipes" / "tiny" / "sft.yaml").read_text())
+    assert sft["assistant_only_loss"] is True and sft["packing"] is True
