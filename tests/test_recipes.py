@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.commands.config.config_args import load_config_from_file
 
 from scratchlm.cli import main
@@ -147,3 +148,34 @@ def test_spike_detector_warns_on_jumps_only():
     assert not any(detector.is_spike(2.0) for _ in range(10))
     assert detector.is_spike(7.0) and not detector.is_spike(2.1)
     assert detector.average == pytest.approx(2.0, abs=0.01)  # the spike did not move the average
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/midtrain.yaml")), ids=lambda p: p.parent.name)
+def test_midtrain_recipes_parse(path, clean_environ):
+    config = parse_pretrain_args(["--config", str(path)])
+    assert config.init_from == f"runs/{path.parent.name}/pretrain/export"
+    data = read_prepare_config(read_yaml(REPO / config.data_config), where=config.data_config)
+    assert any(source.format == "chat" for source in data.sources)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "recipes").glob("*/sft.yaml")) + sorted((REPO / "recipes").glob("*/dpo.yaml")),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
+def test_trl_recipes_parse_with_trl_and_leave_only_accelerate_keys(path, clean_environ):
+    import importlib
+
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    module = importlib.import_module(f"trl.scripts.{path.stem}")
+    cpu = [] if torch.cuda.is_available() else ["--bf16", "false"]  # TrainingArguments refuses bf16 without a GPU
+    *parsed, from_config, from_cli = module.make_parser().parse_args_and_config(
+        ["--config", str(path), *cpu], return_remaining_strings=True, separate_remaining_strings=True
+    )
+    training = parsed[1]
+    assert training.trust_remote_code and training.output_dir == f"runs/{path.parent.name}/{path.stem}"
+    launch = resolve_accelerate_config_argument(from_config + from_cli)  # what TRL hands to accelerate
+    from accelerate.commands.launch import launch_command_parser
+
+    launch_command_parser().parse_args([*launch, "script.py"])  # accelerate accepts every leftover key
