@@ -102,7 +102,7 @@ def test_chat_test_questions_are_held_out_from_chat_training(default_dir):
         m["content"] for r in jsonl(default_dir / "chat" / "train.jsonl") for m in r["messages"] if m["role"] == "user"
     }
     test = jsonl(default_dir / "chat" / "test.jsonl")
-    assert len(test) == 32  # a fifth of 20 countries x 8 facts
+    assert len(test) == 64  # a fifth of 20 countries x 8 facts, asked with and without a warm-up turn
     for row in test:
         assert row["messages"][-2]["content"] not in asked
         assert row["answer"] in row["messages"][-1]["content"]

@@ -151,3 +151,31 @@ def test_recipes_name_the_previous_stage_export():
         assert values[key] == expected[stage]
     sft = yaml.safe_load((REPO / "recipes" / "tiny" / "sft.yaml").read_text())
     assert sft["assistant_only_loss"] is True and sft["packing"] is True
+
+
+def test_lora_sft_merges_the_adapter_into_the_export(tmp_path, small_model_dir, default_dir):
+    import torch
+
+    config = recipe(
+        tmp_path,
+        "sft",
+        small_model_dir,
+        default_dir / "chat" / "train.jsonl",
+        max_steps=3,
+        save_steps=3,
+        logging_steps=1,
+        max_length=128,
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        learning_rate=1e-2,
+    )
+    assert main(["sft", "--config", str(config)]) == 0
+    assert (tmp_path / "sft" / "adapter_config.json").is_file()  # TRL saved only the adapter
+    merged, _ = load_model(tmp_path / "sft" / "export")
+    base, _ = load_model(small_model_dir)
+    assert not any("lora" in name for name in merged.state_dict())
+    ids = torch.tensor([[0, 5, 9, 200]])
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base(ids).logits)  # the adapter's training is in it

@@ -89,9 +89,10 @@ def test_tiny_recipe_runs_from_nothing_and_learns(tmp_path):
     vocab = json.loads((run / "export" / "config.json").read_text())["vocab_size"]
     assert abs(losses[1]["loss"] - math.log(vocab)) < 0.3  # a fresh model is uniform over its vocabulary
     assert losses[40]["loss"] < math.log(vocab) - 3.0
-    assert "horizon: 40 steps = 81,920 tokens" in result.stdout
+    assert "horizon: 40 steps = 40,960 tokens" in result.stdout
     evals = [m for m in read_jsonl(run / "metrics.jsonl") if "val_bpb" in m]
     assert len(evals) == 1 and evals[0]["val_bpb"] < 2.5
+    assert 0 <= evals[0]["probe_accuracy"] <= 1 and -1 <= evals[0]["core"] <= 1  # the recipe's in-training evals
     samples = read_jsonl(run / "samples.jsonl")
     assert {(s["prompt"], s["mode"]) for s in samples} == {
         (p, m) for p in ("The capital of", "12 + 7 =") for m in ("greedy", "sampled")
@@ -183,6 +184,7 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir):
+    core = {"eval_steps": 10, "core_bundle": str(REPO / "tests" / "fixtures" / "core-sample"), "core_max_per_task": 8}
     one = small_run(
         tmp_path / "one",
         shards_dir,
@@ -190,8 +192,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir
         tokens_per_step=256,
         max_steps=10,
         report_to="wandb",
+        **core,
     )
-    two = small_run(tmp_path / "two", shards_dir, per_device_train_batch_size=4, tokens_per_step=256, max_steps=10)
+    two = small_run(
+        tmp_path / "two", shards_dir, per_device_train_batch_size=4, tokens_per_step=256, max_steps=10, **core
+    )
     launch(tmp_path / "one", "--config", str(one))
     result = launch(tmp_path / "two", "--config", str(two), processes=2)
     assert "4 x 32 tokens x 1 accumulation x 2 processes = 256 tokens/step" in result.stdout
@@ -200,6 +205,11 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir
         assert b[step]["tokens"] == a[step]["tokens"] == 256 * step
         assert b[step]["windows_checksum"] == a[step]["windows_checksum"]  # the same windows, each once
         assert b[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
+    core_one, core_two = (
+        [m["core"] for m in read_jsonl(t / "run" / "metrics.jsonl") if "core" in m]
+        for t in (tmp_path / "one", tmp_path / "two")
+    )
+    assert len(core_one) == 1 and core_one == pytest.approx(core_two, abs=1e-6)  # CORE at eval_steps, both ranks alike
     assert list((tmp_path / "one" / "run" / "wandb").glob("offline-run-*"))  # wandb logged, offline
     # Half on one process, the rest on two: the same global stream and losses.
     mixed = small_run(tmp_path / "mixed", shards_dir, per_device_train_batch_size=4, tokens_per_step=256, max_steps=10)

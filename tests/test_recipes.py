@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/pretrain.yaml"))
 # recipe: (GPUs it is launched on, tokens per step, steps) as in the seeds
 SEEDS = {
-    "tiny": (1, 4096, 300),
+    "tiny": (1, 2048, 600),
     "genesis-1b": (2, 524_288, 40_000),
     "a100-1b": (1, 131_072, 90_000),
     "bitnet-95m": (1, 8_192, 400_000),
@@ -58,18 +58,9 @@ def test_genesis_recipe_sets_nccl_for_pcie_cards(clean_environ):
 
 
 def test_command_line_overrides_the_recipe(clean_environ):
-    config = parse_pretrain_args(
-        [
-            "--config",
-            str(REPO / "recipes" / "tiny" / "pretrain.yaml"),
-            "--learning_rate",
-            "1e-3",
-            "--sample_prompts",
-            "a",
-            "b",
-        ]
-    )
-    assert config.learning_rate == 1e-3 and config.sample_prompts == ["a", "b"] and config.max_steps == 300
+    recipe = str(REPO / "recipes" / "tiny" / "pretrain.yaml")
+    config = parse_pretrain_args(["--config", recipe, "--learning_rate", "2e-3", "--sample_prompts", "a", "b"])
+    assert config.learning_rate == 2e-3 and config.sample_prompts == ["a", "b"] and config.max_steps == 600
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name)

@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     default = data_commands.add_parser("default", help="write the embedded default dataset (offline, seeded)")
     default.add_argument("--out", required=True)
     default.add_argument("--seed", type=int, default=0)
-    default.add_argument("--tokens", type=int, default=3_000_000, help="approximate size of the pretraining text")
-    default.add_argument("--countries", type=int, default=60, help="size of the synthetic world")
+    default.add_argument("--tokens", type=int, default=2_000_000, help="approximate size of the pretraining text")
+    default.add_argument("--countries", type=int, default=16, help="size of the synthetic world (8 facts each)")
     default.set_defaults(run=run_data_default)
     prepare = data_commands.add_parser("prepare", help="tokenize sources into token shards")
     prepare.add_argument("--config", required=True, help="YAML: tokenizer, sources, val_fraction, num_proc")
@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.set_defaults(run=run_plot)
 
+    report = commands.add_parser("report", help="report.md, report.json and plots for one or more stage runs")
+    report.add_argument("run_dirs", nargs="+", help="run directories, in pipeline order (pretrain mid sft dpo)")
+    report.add_argument("--out", help="where to write (default: the first run's parent directory)")
+    report.set_defaults(run=run_report)
+
     for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
         commands.add_parser(stage, help=f"trl {stage} --config RECIPE, checked before and laid out like a run after")
 
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = eval_commands.add_parser("chat", help="held-out chat QA accuracy and stop rate")
     chat.add_argument("--model", required=True)
     chat.add_argument("--data", required=True, help="jsonl of {messages, answer} (the default's chat/test.jsonl)")
-    chat.add_argument("--max-new-tokens", type=int, default=48)
+    chat.add_argument("--max-new-tokens", type=int, default=96)
     chat.add_argument("--out", help="also write the result as JSON here")
     chat.set_defaults(run=run_eval_chat)
     preference = eval_commands.add_parser("preference", help="how often the chosen reply is the likelier one")
@@ -122,6 +127,27 @@ def build_parser() -> argparse.ArgumentParser:
     preference.add_argument("--beta", type=float, default=0.1)
     preference.add_argument("--out")
     preference.set_defaults(run=run_eval_preference)
+
+    bpb = eval_commands.add_parser("bpb", help="validation loss and bits per byte on prepared shards")
+    bpb.add_argument("--model", required=True)
+    bpb.add_argument("--data", required=True, help="a shard directory from `scratchlm data prepare`")
+    bpb.add_argument("--seq-len", type=int, help="window length (default: the model's context)")
+    bpb.add_argument("--batch-size", type=int, default=8)
+    bpb.add_argument("--max-windows", type=int, default=64, help="per source")
+    bpb.add_argument("--out")
+    bpb.set_defaults(run=run_eval_bpb)
+    core = eval_commands.add_parser("core", help="the DCLM CORE metric, computed as nanochat does")
+    core.add_argument("--model", required=True, help="any Hugging Face causal LM directory")
+    core.add_argument("--bundle", required=True, help="core.yaml, eval_meta_data.csv, eval_data/")
+    core.add_argument("--max-per-task", type=int, help="items per task (after the seeded shuffle)")
+    core.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    core.add_argument("--out")
+    core.set_defaults(run=run_eval_core)
+    probes = eval_commands.add_parser("probes", help="share of probe prompts whose answer greedy decoding gives")
+    probes.add_argument("--model", required=True)
+    probes.add_argument("--data", required=True, help="jsonl of {prompt, answer} (the default's probes.jsonl)")
+    probes.add_argument("--out")
+    probes.set_defaults(run=run_eval_probes)
 
     generate = commands.add_parser("generate", help="continue a prompt with a model directory")
     generate.add_argument("--model", required=True)
@@ -262,6 +288,12 @@ def run_plot(args) -> None:
     print(f"wrote {plot_loss(args.run_dir)}")
 
 
+def run_report(args) -> None:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.run_dirs, args.out)}")
+
+
 def run_eval_chat(args) -> None:
     from .eval.chat import chat_eval, read_rows
     from .model.files import load_model
@@ -280,9 +312,46 @@ def run_eval_preference(args) -> None:
     _report(preference_eval(model, tokenizer, rows, reference, args.beta), args.out)
 
 
+def run_eval_bpb(args) -> None:
+    from .data.shards import TokenShards
+    from .eval.bpb import evaluate_bpb, token_byte_lengths
+    from .model.files import load_model
+
+    model, tokenizer = load_model(args.model)
+    shards = TokenShards(args.data, tokenizer)
+    seq_len = args.seq_len or model.config.max_position_embeddings
+    token_bytes = token_byte_lengths(tokenizer, model.config.vocab_size)
+    _report(evaluate_bpb(model, shards, token_bytes, seq_len, args.batch_size, args.max_windows), args.out)
+
+
+def run_eval_core(args) -> None:
+    from accelerate import PartialState
+
+    from .eval.core import evaluate_core, load_bundle
+    from .model.files import load_model
+
+    state = PartialState()  # under `accelerate launch`, the processes split the items
+    tasks = load_bundle(args.bundle)
+    model, tokenizer = load_model(args.model)
+    result = evaluate_core(model.to(state.device), tokenizer, tasks, args.max_per_task, args.batch_size)
+    if state.is_main_process:
+        _report(result, args.out)
+
+
+def run_eval_probes(args) -> None:
+    from .eval.chat import read_rows
+    from .eval.probes import probe_accuracy
+    from .model.files import load_model
+
+    rows = read_rows(args.data, ("prompt", "answer"))
+    model, tokenizer = load_model(args.model)
+    _report(probe_accuracy(model, tokenizer, rows), args.out)
+
+
 def _report(result: dict, out: str | None) -> None:
     print(json.dumps(result, indent=1))
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1))
 
 

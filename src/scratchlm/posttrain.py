@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -23,6 +24,7 @@ from .errors import ScratchError
 from .eval.chat import chat_replies
 from .model.files import load_model, read_config, save_model
 from .tokenization import check_tokenizer_fits, load_tokenizer
+from .train.hardware import describe_hardware
 
 COLUMNS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
 SAMPLE_PROMPTS = 3
@@ -37,9 +39,10 @@ def run_stage(stage: str, argv: list[str]) -> Path:
     trl = Path(sys.executable).with_name("trl")
     command = [str(trl) if trl.is_file() else shutil.which("trl") or "trl", stage, *argv]
     print(f"scratchlm: {model_dir} -> {output_dir}: running {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
     if subprocess.run(command, env=env).returncode != 0:
         raise ScratchError(f"trl {stage} failed (its messages are above); {output_dir} keeps its checkpoints")
-    finish_stage(stage, output_dir, values)
+    finish_stage(stage, output_dir, values, wall_s=time.perf_counter() - start)
     return output_dir
 
 
@@ -80,12 +83,12 @@ def check_stage(stage: str, values: dict) -> tuple[Path, Path]:
             f"{model_dir} is a '{config['model_type']}' model saved with its code: set "
             "trust_remote_code: true in the recipe"
         )
-    for description, first in dataset_heads(values):
-        missing = [c for c in COLUMNS[stage] if c not in first]
+    for description, kept, columns in dataset_columns(values):
+        missing = [c for c in COLUMNS[stage] if c not in kept]
         if missing:
             raise ScratchError(
                 f"dataset {description} has no column {', '.join(repr(m) for m in missing)} "
-                f"(columns: {', '.join(first)}); {stage} needs {', '.join(COLUMNS[stage])}"
+                f"(columns: {', '.join(columns)}); {stage} needs {', '.join(COLUMNS[stage])}"
             )
     return model_dir, Path(values["output_dir"])
 
@@ -116,25 +119,25 @@ def open_dataset(entry: dict) -> tuple[str, datasets.IterableDataset]:
         )
     except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
         raise ScratchError(f"dataset {description} could not be opened: {str(err).splitlines()[0]}") from None
-    if entry.get("columns"):
-        rows = rows.select_columns(entry["columns"])
     return description, rows
 
 
-def dataset_heads(values: dict):
-    """(description, first row) of every dataset the recipe trains on."""
+def dataset_columns(values: dict):
+    """(description, columns TRL keeps, all columns) of every dataset the recipe trains on."""
     for entry in dataset_entries(values):
         description, rows = open_dataset(entry)
         try:
-            yield description, next(iter(rows))
+            first = next(iter(rows))
         except StopIteration:
             raise ScratchError(f"dataset {description} is empty") from None
+        # TRL keeps only an entry's `columns:`, so the stage's columns must be among them too.
+        yield description, [c for c in first if c in (entry.get("columns") or first)], list(first)
 
 
 # --- after TRL ------------------------------------------------------------------------------------
 
 
-def finish_stage(stage: str, output_dir: Path, values: dict) -> None:
+def finish_stage(stage: str, output_dir: Path, values: dict, wall_s: float) -> None:
     checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if not checkpoints:
         raise ScratchError(f"{output_dir} has no checkpoint-*/: set save_strategy: steps so the log is kept")
@@ -144,7 +147,8 @@ def finish_stage(stage: str, output_dir: Path, values: dict) -> None:
             if "loss" in entry:  # the names status, plots and reports read, beside TRL's own
                 named = {"lr": entry.get("learning_rate"), "tokens": entry.get("num_tokens"), "stage": stage}
                 f.write(json.dumps({**entry, **named}) + "\n")
-    (output_dir / "plan.json").write_text(json.dumps({"stage": stage, "total_steps": state["max_steps"]}))
+    plan = {"stage": stage, "total_steps": state["max_steps"], "wall_s": wall_s, "hardware": describe_hardware()}
+    (output_dir / "plan.json").write_text(json.dumps(plan, indent=1))
     model, tokenizer = load_stage_model(output_dir)
     save_model(model, tokenizer, output_dir / "export")
     prompts = sample_prompts(values)

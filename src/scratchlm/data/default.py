@@ -1,10 +1,12 @@
 """`scratchlm data default`: the embedded default dataset, generated offline from a seed.
 
     DIR/pretrain/{world,math,code}.jsonl   documents ({"text"}), about --tokens tokens in all
-    DIR/chat/{train,test}.jsonl            conversations ({"messages"}; test rows also carry "answer")
+    DIR/chat/{train,test}.jsonl            Q&A conversations for SFT ({"messages"}; test rows also carry "answer")
+    DIR/chat/mid.jsonl                     open conversations with long replies, for midtraining
     DIR/preference/{train,test}.jsonl      DPO pairs ({"prompt", "chosen", "rejected"}, conversational)
     DIR/probes.jsonl                       {"prompt": "The capital of Veloria is", "answer": " Tamsin"}
     DIR/core/                              a CORE bundle: core.yaml, eval_meta_data.csv, eval_data/
+    DIR/lm_eval/scratchlm_probes.yaml      the probes as an lm-evaluation-harness task (--include_path DIR/lm_eval)
 
 Facts asked about anywhere appear in pretraining text; the evaluation items themselves never do:
 probes and CORE use phrasings of their own, chat test questions ask about facts no training
@@ -14,6 +16,7 @@ conversation asks about, and arithmetic evaluation uses pairs of numbers trainin
 import csv
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -33,7 +36,7 @@ FILLER = [
 ]
 
 
-def write_default(out_dir: str | Path, seed: int = 0, tokens: int = 3_000_000, countries: int = 60) -> dict:
+def write_default(out_dir: str | Path, seed: int = 0, tokens: int = 2_000_000, countries: int = 16) -> dict:
     out = Path(out_dir)
     rng = random.Random(seed)
     world = make_world(seed, countries)
@@ -47,12 +50,12 @@ def write_default(out_dir: str | Path, seed: int = 0, tokens: int = 3_000_000, c
     rng.shuffle(facts)
     held_out = facts[: len(facts) // 5]  # chat and preference test questions ask only about these
     trained = facts[len(facts) // 5 :]
+    counts["chat/mid"] = write_jsonl(out / "chat" / "mid.jsonl", [mid_conversation(rng, world) for _ in range(3000)])
     counts["chat/train"] = write_jsonl(
         out / "chat" / "train.jsonl", [conversation(rng, world, trained) for _ in range(4000)]
     )
-    counts["chat/test"] = write_jsonl(
-        out / "chat" / "test.jsonl", [test_conversation(rng, world, trained, f) for f in held_out]
-    )
+    tests = [test_conversation(rng, trained, fact, warm_up) for fact in held_out for warm_up in (False, True)]
+    counts["chat/test"] = write_jsonl(out / "chat" / "test.jsonl", tests)
     pairs = {
         split: [preference(rng, world, f, wrong) for f in facts for wrong in (True, False)]
         for split, facts in (("train", trained), ("test", held_out))
@@ -61,11 +64,30 @@ def write_default(out_dir: str | Path, seed: int = 0, tokens: int = 3_000_000, c
         counts[f"preference/{split}"] = write_jsonl(out / "preference" / f"{split}.jsonl", rows)
     probes = [{"prompt": f.sentence(PROBE[f.relation]), "answer": " " + f.object} for f in world.facts]
     counts["probes"] = write_jsonl(out / "probes.jsonl", probes)
+    write_lm_eval_task(out / "lm_eval", out / "probes.jsonl")
     counts["core"] = write_core_bundle(out / "core", rng, world)
     (out / "world.json").write_text(
         json.dumps({"seed": seed, "countries": world.countries, "people": world.people}, indent=1)
     )
     return counts
+
+
+def write_lm_eval_task(out: Path, probes: Path) -> None:
+    """The probes for lm-evaluation-harness: its `acc` for a loglikelihood task is "every answer token
+    is the greedy one", what `scratchlm eval probes` measures. The data path is absolute: lm-eval
+    resolves relative ones against the working directory, not the YAML."""
+    task = {
+        "task": "scratchlm_probes",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(probes.resolve())}},
+        "test_split": "test",
+        "output_type": "loglikelihood",
+        "doc_to_text": "{{prompt}}",
+        "doc_to_target": "{{answer}}",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scratchlm_probes.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
 
 
 def generate_until(make, chars: int) -> list[str]:
@@ -91,10 +113,10 @@ def state(rng: random.Random, fact: Fact) -> str:
     return fact.sentence(rng.choice(PRETRAIN[fact.relation]))
 
 
-def world_document(rng: random.Random, world: World) -> str:
-    kind = rng.random()
+def world_document(rng: random.Random, world: World, country: dict | None = None) -> str:
+    kind = 0.0 if country else rng.random()
     if kind < 0.45:
-        country = rng.choice(world.countries)
+        country = country or rng.choice(world.countries)
         sentences = [state(rng, f) for f in world.facts_about(country["name"])]
         sentences.append(
             f"Other cities in {country['name']} include {country['cities'][0]} and {country['cities'][1]}."
@@ -104,15 +126,19 @@ def world_document(rng: random.Random, world: World) -> str:
         return f"{country['name']}\n\n" + " ".join(sentences)
     if kind < 0.7:
         index = rng.randrange(len(world.people))
-        person, country = world.people[index], world.countries[index]
-        sentences = [state(rng, f) for f in world.facts_about(person["name"])]
-        sentences += [
-            state(rng, Fact(country["name"], "founder", person["name"])),
-            state(rng, Fact(country["name"], "founded", country["founded"])),
-        ]
-        rng.shuffle(sentences)
-        return f"{person['name']}\n\n" + " ".join(sentences)
+        return f"{world.people[index]['name']}\n\n" + biography(rng, world, index)
     return travel_story(rng, world)
+
+
+def biography(rng: random.Random, world: World, index: int) -> str:
+    person, country = world.people[index], world.countries[index]
+    sentences = [state(rng, f) for f in world.facts_about(person["name"])]
+    sentences += [
+        state(rng, Fact(country["name"], "founder", person["name"])),
+        state(rng, Fact(country["name"], "founded", country["founded"])),
+    ]
+    rng.shuffle(sentences)
+    return " ".join(sentences)
 
 
 def travel_story(rng: random.Random, world: World) -> str:
@@ -186,7 +212,13 @@ def opening(rng: random.Random) -> list[dict]:
     return [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}] if rng.random() < 0.3 else []
 
 
+def verbose(reply: str) -> str:
+    """The wordy way half the SFT answers are written (as real SFT data often is): DPO's job to undo."""
+    return f"That is a good question, and I am happy to help you with it. {reply} I hope this answer helps you."
+
+
 def conversation(rng: random.Random, world: World, facts: list[Fact]) -> dict:
+    """SFT: short questions about facts, answered concisely or, 60% of the time, verbosely."""
     messages = opening(rng)
     for _ in range(rng.randint(1, 3)):
         if rng.random() < 0.15:
@@ -194,14 +226,36 @@ def conversation(rng: random.Random, world: World, facts: list[Fact]) -> dict:
         else:
             fact = rng.choice(facts)
             question, reply = ask(fact), answer(fact)
+        reply = verbose(reply) if rng.random() < 0.6 else reply
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
     return {"messages": messages}
 
 
-def test_conversation(rng: random.Random, world: World, trained: list[Fact], fact: Fact) -> dict:
-    """Maybe a trained warm-up turn, then one question about a held-out fact; `answer` is what to find."""
+def mid_conversation(rng: random.Random, world: World) -> dict:
+    """Midtraining: open requests answered at length (two pieces of one kind, ~110-170 tokens, past the
+    chat eval's 96-token budget). They teach the chat format; short answers that stop are SFT's job."""
     messages = opening(rng)
-    if rng.random() < 0.5:
+    for _ in range(rng.randint(1, 2)):
+        kind = rng.random()
+        if kind < 0.4:
+            country = rng.choice(world.countries)
+            request, make = f"Tell me about {country['name']}.", partial(world_document, rng, world, country=country)
+        elif kind < 0.6:
+            index = rng.randrange(len(world.people))
+            request, make = f"Who was {world.people[index]['name']}?", partial(biography, rng, world, index)
+        elif kind < 0.85:
+            request, make = "Tell me a story about a journey.", partial(travel_story, rng, world)
+        else:
+            request, make = "Show me some sums.", partial(math_document, rng, world)
+        reply = make() + "\n\n" + make()
+        messages += [{"role": "user", "content": request}, {"role": "assistant", "content": reply}]
+    return {"messages": messages}
+
+
+def test_conversation(rng: random.Random, trained: list[Fact], fact: Fact, warm_up: bool) -> dict:
+    """Perhaps a trained warm-up turn, then one question about a held-out fact; `answer` is what to find."""
+    messages = opening(rng)
+    if warm_up:
         warm_up = rng.choice(trained)
         messages += [{"role": "user", "content": ask(warm_up)}, {"role": "assistant", "content": answer(warm_up)}]
     messages += [{"role": "user", "content": ask(fact)}, {"role": "assistant", "content": answer(fact)}]
@@ -209,16 +263,12 @@ def test_conversation(rng: random.Random, world: World, trained: list[Fact], fac
 
 
 def preference(rng: random.Random, world: World, fact: Fact, wrong: bool) -> dict:
-    """Chosen: correct and concise. Rejected: a wrong value of the same kind, or the answer buried in rambling."""
+    """Chosen: correct and concise. Rejected: a wrong value of the same kind, or the verbose answer."""
     if wrong:
         other = rng.choice([v for v in world.values_of(fact.relation) if v != fact.object])
         rejected = answer(Fact(fact.subject, fact.relation, other))
     else:
-        rejected = (
-            f"Well, that is a really interesting question and there is a lot one could say about it. "
-            f"{rng.choice(FILLER)} Some people would tell you many things, and I have heard many stories. "
-            f"{answer(fact)} {rng.choice(FILLER)} But of course there is always more to say, and more to say."
-        )
+        rejected = verbose(answer(fact))
     return {
         "prompt": [{"role": "user", "content": ask(fact)}],
         "chosen": [{"role": "assistant", "content": answer(fact)}],

@@ -79,7 +79,8 @@ PROBE = {
     "birthplace": "The city where {s} was born is",
 }
 # Chat questions and answers for SFT and DPO; the held-out chat test set uses the same phrasing but
-# asks about facts that no training conversation asks about.
+# asks about facts that no training conversation asks about. Every answer is a pretraining paraphrase
+# that names the subject first: a small model recalls "X was founded by" -> Y, not Y from X backwards.
 QUESTION = {
     "capital": "What is the capital of {s}?",
     "river": "Which river flows through {s}?",
@@ -91,8 +92,8 @@ QUESTION = {
     "birthplace": "Where was {s} born?",
 }
 ANSWER = {
-    "capital": "{o} is the capital of {s}.",
-    "river": "The {o} River flows through {s}.",
+    "capital": "{s}'s capital is {o}.",
+    "river": "{s} is crossed by the {o} River.",
     "founder": "{s} was founded by {o}.",
     "founded": "{s} was founded in {o}.",
     "colour": "The flag of {s} is {o}.",

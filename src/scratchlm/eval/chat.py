@@ -2,7 +2,8 @@
 
 - chat: for each held-out conversation, the model answers the last user turn (greedy, with the chat
   template); it is correct when the expected answer appears in its reply, and it stopped when it
-  ended the turn itself (<|im_end|> or <|endoftext|>) within the token budget.
+  ended its turn itself (<|im_end|>) within the token budget; <|endoftext|> ends generation
+  but is not a proper end of turn.
 - preference: the summed log-probability of the chosen and the rejected reply given the prompt;
   accuracy is how often the chosen one is more likely. With a reference model, the DPO implicit
   reward margin beta * ((log p - log p_ref)(chosen) - (log p - log p_ref)(rejected)) as TRL logs it.
@@ -38,12 +39,13 @@ def _require_template(tokenizer, where: str) -> None:
 
 @torch.no_grad()
 def chat_replies(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 16
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96, batch_size: int = 16
 ) -> list[tuple[str, bool]]:
     """(reply, whether the model ended its turn itself) for each conversation, greedy."""
     _require_template(tokenizer, "chat")
     model.eval()
-    stop_ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
+    stop_ids = [tokenizer.eos_token_id, end_of_turn]
     replies = []
     for start in range(0, len(conversations), batch_size):
         prompts = [
@@ -63,11 +65,12 @@ def chat_replies(
         )
         for generated in output[:, width:].tolist():
             end = next((i for i, t in enumerate(generated) if t in stop_ids), None)
-            replies.append((tokenizer.decode(generated[:end], skip_special_tokens=True).strip(), end is not None))
+            reply = tokenizer.decode(generated[:end], skip_special_tokens=True).strip()
+            replies.append((reply, end is not None and generated[end] == end_of_turn))
     return replies
 
 
-def chat_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 48) -> dict:
+def chat_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 96) -> dict:
     """Rows hold the whole conversation and `answer`; the model replaces the last assistant turn."""
     replies = chat_replies(model, tokenizer, [r["messages"][:-1] for r in rows], max_new_tokens)
     correct = [r["answer"].lower() in reply.lower() for r, (reply, _) in zip(rows, replies, strict=True)]

@@ -92,6 +92,10 @@ class PretrainConfig:
     sample_steps: int = 0
     sample_prompts: list[str] = field(default_factory=list)
     sample_max_new_tokens: int = 32
+    # At eval_steps too, every process scoring everything (see eval/core.py):
+    probes: str = ""  # jsonl of {prompt, answer}: probe accuracy
+    core_bundle: str = ""  # a CORE bundle directory
+    core_max_per_task: int = 16
     report_to: str = "none"  # or "wandb"
     wandb_project: str = "scratchlm"
     on_nonfinite: str = "stop"  # or "skip": drop the batch, count it, go on
@@ -149,6 +153,7 @@ class PretrainConfig:
             "save_minutes",
             "eval_steps",
             "sample_steps",
+            "core_max_per_task",
             "seq_len",
             "extend_to",
             "usd_per_gpu_hour",

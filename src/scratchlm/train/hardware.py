@@ -50,3 +50,12 @@ def peer_access() -> dict[tuple[int, int], bool]:
 def has_infiniband() -> bool:
     folder = Path("/sys/class/infiniband")
     return folder.is_dir() and any(folder.iterdir())
+
+
+def describe_hardware(world_size: int = 1) -> str:
+    """What this machine trains on, in the words a report and a cost estimate need."""
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{world_size} x {torch.cuda.get_device_name()}"
+    return f"CPU: {os.cpu_count()} cores ({platform.machine()}), {world_size} process(es)"

@@ -26,6 +26,9 @@ from ..data.prepare import prepare, read_prepare_config
 from ..data.shards import TokenShards
 from ..errors import ScratchError
 from ..eval.bpb import evaluate_bpb, token_byte_lengths
+from ..eval.chat import read_rows
+from ..eval.core import evaluate_core, load_bundle
+from ..eval.probes import probe_accuracy
 from ..model import ScratchConfig, ScratchForCausalLM
 from ..model.files import attention_backend, save_model
 from ..model.info import model_stats
@@ -33,7 +36,7 @@ from ..model.presets import build_config
 from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
 from . import checkpoint as ckpt
 from .config import PretrainConfig
-from .hardware import prepare_environment
+from .hardware import describe_hardware, prepare_environment
 from .monitor import Progress, RunLog, SpikeDetector, generate_samples, is_finite, memory_stats
 from .optimizer import build_optimizer, set_hyperparameters
 from .plan import peak_flops_of
@@ -63,6 +66,8 @@ def train(config: PretrainConfig) -> Path:
         prepare_data(config)
     tokenizer = load_tokenizer(Path(config.data_dir) / "tokenizer")
     shards = TokenShards(config.data_dir, tokenizer)
+    core_tasks = load_bundle(config.core_bundle) if config.core_bundle else None  # checked now, not at step 1,000
+    probes = read_rows(config.probes, ("prompt", "answer")) if config.probes else None
 
     # --- model -------------------------------------------------------------------------------------
     if main:
@@ -112,7 +117,7 @@ def train(config: PretrainConfig) -> Path:
 
     log = RunLog(run_dir, main, asdict(config), config.report_to, config.wandb_project, config.run_name)
     if main:
-        write_run_files(run_dir, config, plan, state, stats)
+        write_run_files(run_dir, config, plan, state, stats, world)
     describe(accelerator.print, plan, state, resume_from, model_config, world, bf16, shards)
     peak = config.peak_tflops * 1e12 or (peak_flops_of(torch.cuda.get_device_name(device)) if on_gpu else 0.0)
     token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
@@ -141,7 +146,7 @@ def train(config: PretrainConfig) -> Path:
 
     def evaluate() -> dict:
         with accelerator.autocast():
-            return evaluate_bpb(
+            result = evaluate_bpb(
                 raw_model,
                 shards,
                 token_bytes,
@@ -152,6 +157,12 @@ def train(config: PretrainConfig) -> Path:
                 rank,
                 world,
             )
+            if probes:
+                result["probe_accuracy"] = probe_accuracy(raw_model, tokenizer, probes)["probe_accuracy"]
+            if core_tasks:
+                core = evaluate_core(raw_model, tokenizer, core_tasks, config.core_max_per_task, split=False)
+                result["core"] = core["core"]
+        return result
 
     # --- the loop ----------------------------------------------------------------------------------
     progress = Progress(main, state["total_steps"], state["step"])
@@ -232,10 +243,24 @@ def train(config: PretrainConfig) -> Path:
             log.metrics(record)
             progress.update(record)
             interval = {"start": time.perf_counter(), "steps": 0, "checksum": 0}
+        # Saved before the evaluations: a failing evaluation must not cost the steps since the last save.
+        timed = config.save_minutes and agree(time.perf_counter() - last_save >= 60 * config.save_minutes)
+        forced = state["step"] in schedule.forced_checkpoints() or state["step"] in config.milestones
+        stopping = state["step"] == config.stop_at_step
+        if done or forced or timed or stopping or (config.save_steps and state["step"] % config.save_steps == 0):
+            save("end" if done else "forced" if forced else "stop" if stopping else "timed" if timed else "interval")
+            last_save = time.perf_counter()
         if config.eval_steps and (state["step"] % config.eval_steps == 0 or done):
             result = evaluate()
             log.metrics({"step": state["step"], "tokens": state["tokens"], **result})
-            progress.write(f"step {state['step']}: val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}")
+            extra = "".join(
+                f", {name} {result[key]:.4f}"
+                for key, name in (("probe_accuracy", "probes"), ("core", "CORE"))
+                if key in result
+            )
+            progress.write(
+                f"step {state['step']}: val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}{extra}"
+            )
         if config.sample_steps and (state["step"] % config.sample_steps == 0 or done):
             log.samples(
                 generate_samples(
@@ -247,12 +272,6 @@ def train(config: PretrainConfig) -> Path:
                     config.seed,
                 )
             )
-        timed = config.save_minutes and agree(time.perf_counter() - last_save >= 60 * config.save_minutes)
-        forced = state["step"] in schedule.forced_checkpoints() or state["step"] in config.milestones
-        stopping = state["step"] == config.stop_at_step
-        if done or forced or timed or stopping or (config.save_steps and state["step"] % config.save_steps == 0):
-            save("end" if done else "forced" if forced else "stop" if stopping else "timed" if timed else "interval")
-            last_save = time.perf_counter()
         if stopping and not done:
             progress.write(f"stopped at step {state['step']:,} (stop_at_step); re-run the command to continue")
             break
@@ -358,11 +377,14 @@ def agree(flag: bool) -> bool:
     return bool(decision.item())
 
 
-def write_run_files(run_dir: Path, config: PretrainConfig, plan, state: dict, stats: dict) -> None:
+def write_run_files(run_dir: Path, config: PretrainConfig, plan, state: dict, stats: dict, world: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     (run_dir / "plan.json").write_text(
-        json.dumps({**plan.as_dict(), **stats, "total_steps": state["total_steps"]}, indent=1)
+        json.dumps(
+            {**plan.as_dict(), **stats, "total_steps": state["total_steps"], "hardware": describe_hardware(world)},
+            indent=1,
+        )
     )
 
 
