@@ -83,9 +83,12 @@ def sample_items(task: Task, max_per_task: int | None) -> list[dict]:
 
 
 def fewshot_examples(items: list[dict], idx: int, count: int) -> list[dict]:
+    """At most all the other items: a small --max-per-task may leave fewer than the task's shots
+    (where nanochat's sample() would raise)."""
+    others = [i for i in range(len(items)) if i != idx]
+    count = min(count, len(others))
     if count == 0:
         return []
-    others = [i for i in range(len(items)) if i != idx]
     return [items[i] for i in random.Random(1234 + idx).sample(others, count)]
 
 
