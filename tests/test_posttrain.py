@@ -13,6 +13,7 @@ from scratchlm.model.files import load_model
 from scratchlm.train.status import read_jsonl, summarize
 
 REPO = Path(__file__).resolve().parents[1]
+SHORT = {"max_steps": 3, "save_steps": 3, "logging_steps": 1, "max_length": 128}  # a recipe cut to test size
 
 
 def recipe(tmp_path: Path, stage: str, model: Path, data: Path, **overrides) -> Path:
@@ -35,10 +36,7 @@ def sft_run(tmp_path_factory, small_model_dir, default_dir):
         "sft",
         small_model_dir,
         default_dir / "chat" / "train.jsonl",
-        max_steps=6,
-        save_steps=3,
-        logging_steps=2,
-        max_length=128,
+        **{**SHORT, "max_steps": 6, "logging_steps": 2},
     )
     assert main(["sft", "--config", str(config)]) == 0
     return tmp_path / "sft"
@@ -161,10 +159,7 @@ def test_lora_sft_merges_the_adapter_into_the_export(tmp_path, small_model_dir, 
         "sft",
         small_model_dir,
         default_dir / "chat" / "train.jsonl",
-        max_steps=3,
-        save_steps=3,
-        logging_steps=1,
-        max_length=128,
+        **SHORT,
         use_peft=True,
         lora_r=4,
         lora_alpha=8,

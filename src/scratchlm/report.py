@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from .errors import ScratchError
 from .train.status import read_jsonl
 
@@ -115,8 +117,9 @@ def run_summary(run_dir: Path) -> dict:
 
 
 def _priced(run_dir: Path) -> bool:
+    """Cost is a measurement only when the run was given a price per GPU hour."""
     config = run_dir / "config.yaml"
-    return config.is_file() and "usd_per_gpu_hour: 0.0" not in config.read_text()
+    return config.is_file() and float((yaml.safe_load(config.read_text()) or {}).get("usd_per_gpu_hour") or 0) > 0
 
 
 def stage_evals(run_dir: Path, metrics: list[dict]) -> dict:
