@@ -15,9 +15,18 @@ import torch.nn.functional as F
 import yaml
 from jinja2 import Template
 
+from conftest import small_config
 from scratchlm.cli import main
-from scratchlm.eval.core import evaluate_core, item_scores, load_bundle, render, sample_items
-from scratchlm.model.files import load_model
+from scratchlm.eval.core import (
+    evaluate_core,
+    item_scores,
+    load_bundle,
+    render,
+    sample_items,
+    shared_prefixes,
+    task_sequences,
+)
+from scratchlm.model.files import init_model, load_model
 
 BUNDLE = Path(__file__).parent / "fixtures" / "core-sample"
 MAX_PER_TASK = 16
@@ -98,9 +107,13 @@ def reference_core(model, tokenizer, bundle: Path, max_per_task: int) -> dict:
     return {"tasks": results, "core": sum(r["centered"] for r in results.values()) / len(results)}, scores
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(small_model_dir):
-    return load_model(small_model_dir)
+@pytest.fixture(scope="module", params=[512, 2048], ids=["context-512", "context-2048"])
+def model_and_tokenizer(request, tmp_path_factory, tokenizer_dir):
+    """At 512 the 10-shot arc and bigbench prompts are cropped on the left (only options of equal
+    length can share a prefix); at 2048 nothing is, and every arc item's options share one."""
+    out = tmp_path_factory.mktemp("core-model")
+    init_model(small_config(max_position_embeddings=request.param), out, tokenizer_dir, seed=0)
+    return load_model(out)
 
 
 def test_rendering_matches_nanochats_templates():
@@ -114,10 +127,12 @@ def test_rendering_matches_nanochats_templates():
 
 def test_core_agrees_with_a_plain_implementation(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    assert model.config.max_position_embeddings < 1024  # the 10-shot arc prompts are cropped on the left
     reference, reference_scores = reference_core(model, tokenizer, BUNDLE, MAX_PER_TASK)
-    for task in load_bundle(BUNDLE):  # every option's loss, padded batches of 16 against one at a time
+    for task in load_bundle(BUNDLE):  # every option's loss, the fast paths against one at a time
         items = sample_items(task, MAX_PER_TASK)
+        if task.label == "arc_easy":  # the path through a shared KV cache is taken
+            shared = shared_prefixes(task_sequences(tokenizer, task, items, model.config.max_position_embeddings))
+            assert len(shared) >= (MAX_PER_TASK if model.config.max_position_embeddings > 1024 else 1)
         for idx, options in item_scores(model, tokenizer, task, items, batch_size=16).items():
             expected = reference_scores[task.label, idx]
             assert [hit for _, hit in options] == [hit for _, hit in expected]

@@ -140,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--model", required=True, help="any Hugging Face causal LM directory")
     core.add_argument("--bundle", required=True, help="core.yaml, eval_meta_data.csv, eval_data/")
     core.add_argument("--max-per-task", type=int, help="items per task (after the seeded shuffle)")
-    core.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    core.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="sequences per forward pass; 1: the plain computation, one whole sequence each",
+    )
     core.add_argument("--out")
     core.set_defaults(run=run_eval_core)
     probes = eval_commands.add_parser("probes", help="share of probe prompts whose answer greedy decoding gives")

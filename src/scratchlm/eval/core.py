@@ -11,10 +11,15 @@ and eval_data/ (JSONL items). For every task:
   is correct only if greedy argmax reproduces every continuation token;
 - sequences longer than the model's context lose tokens on the left;
 - centered accuracy = (acc - b/100) / (1 - b/100); CORE is the mean over tasks.
-Sequences from many items share a forward pass (sorted by length, right-padded: causal attention
-never looks at the padding), and items are split across processes when torch.distributed is up.
+Scoring is exact but does less work than one whole forward pass per sequence (batch size 1, the
+plain computation): the options of an item share their common prefix (the few-shot examples and the
+question) through the KV cache, so a 10-shot, 4-option item costs about one prompt instead of four;
+the other sequences share padded forward passes (sorted by length, right-padded: causal attention
+never looks at the padding); the LM head runs only where a continuation token is predicted. Items
+are split across processes when torch.distributed is up.
 """
 
+import copy
 import csv
 import json
 import random
@@ -43,13 +48,15 @@ class Task:
 
 @dataclass
 class Sequence:
-    """One scored sequence: tokens, the continuation span [start, end), and what it answers."""
+    """One scored sequence: tokens, the continuation span [start, end), what it answers, and how many
+    tokens it lost on the left (options can share a prefix only when they lost the same)."""
 
     tokens: list[int]
     start: int
     end: int
     item: int
     option: int
+    cropped: int
 
 
 def load_bundle(bundle: str | Path) -> list[Task]:
@@ -130,35 +137,106 @@ def item_sequences(kind: str, prompts: list[str], encode, item: int, max_len: in
     sequences = []
     for option, (t, (start, end)) in enumerate(zip(tokens, spans, strict=True)):
         crop = max(0, len(t) - max_len)
-        sequences.append(Sequence(t[crop:], max(start - crop, 1), end - crop, item, option))
+        sequences.append(Sequence(t[crop:], max(start - crop, 1), end - crop, item, option, crop))
     return sequences
 
 
-@torch.no_grad()
-def score(model, sequences: list[Sequence], pad_id: int, batch_size: int) -> dict[int, tuple[float, bool]]:
-    """Per sequence (by index): mean loss over its continuation and whether argmax reproduces it."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i].tokens))
+# Sharing a prefix costs a second forward pass; below this many saved tokens, batching wins on CPU.
+MIN_SHARED_TOKENS = 128
+
+
+def judge(predicting: torch.Tensor, targets: torch.Tensor) -> tuple[float, bool]:
+    """Mean loss over a continuation and whether argmax reproduces it (row j predicts targets[j])."""
+    predicting = predicting.float()
+    return F.cross_entropy(predicting, targets).item(), bool((predicting.argmax(-1) == targets).all())
+
+
+def shared_prefixes(sequences: list[Sequence]) -> list[tuple[list[int], int]]:
+    """(sequence indices, prefix length) for the options of an item worth scoring after one shared
+    prefix: same item, same crop, and a common prefix that ends before any continuation starts."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, s in enumerate(sequences):
+        groups.setdefault((s.item, s.cropped), []).append(index)
+    shared = []
+    for indices in groups.values():
+        members = [sequences[i] for i in indices]
+        prefix = min(common_length([s.tokens for s in members], from_end=False), *(s.start for s in members))
+        if (len(indices) - 1) * prefix >= MIN_SHARED_TOKENS:
+            shared.append((indices, prefix))
+    return shared
+
+
+def padded(rows: list[list[int]], device) -> torch.Tensor:
+    """Right-padded with token 0: under causal attention no real token ever sees the padding."""
+    ids = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+    return ids.to(device)
+
+
+def score_after_prefix(model, sequences, indices, prefix, batch_size, device) -> dict:
+    """The prefix once, then the rest of every sequence from a copy of its KV cache."""
+    head = model(input_ids=torch.tensor([sequences[indices[0]].tokens[:prefix]], device=device), logits_to_keep=1)
     results = {}
-    for first in range(0, len(order), batch_size):
-        chosen = [sequences[i] for i in order[first : first + batch_size]]
-        width = max(len(s.tokens) for s in chosen)
-        ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
-        for row, s in enumerate(chosen):
-            ids[row, : len(s.tokens)] = torch.tensor(s.tokens)
-        logits = model(input_ids=ids.to(device)).logits
-        for row, (index, s) in enumerate(zip(order[first : first + batch_size], chosen, strict=True)):
-            predicting = logits[row, s.start - 1 : s.end - 1].float()  # position j predicts token j + 1
-            targets = ids[row, s.start : s.end].to(device)
-            loss = F.cross_entropy(predicting, targets).item()
-            results[index] = (loss, bool((predicting.argmax(-1) == targets).all()))
+    for first in range(0, len(indices), batch_size):
+        chosen = indices[first : first + batch_size]
+        cache = copy.deepcopy(head.past_key_values)
+        cache.batch_repeat_interleave(len(chosen))
+        ids = padded([sequences[i].tokens[prefix:] for i in chosen], device)
+        logits = model(input_ids=ids, past_key_values=cache).logits
+        for row, index in enumerate(chosen):
+            s = sequences[index]
+            # Row 0 of `predicting` is position prefix - 1, which predicts token prefix.
+            predicting = torch.cat([head.logits[0, -1:], logits[row]])[s.start - prefix : s.end - prefix]
+            results[index] = judge(predicting, ids[row, s.start - prefix : s.end - prefix])
     return results
 
 
-def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int, rank: int = 0, world: int = 1):
-    """{item index: [(mean continuation loss, argmax reproduces it) per option]} for this rank's items."""
+def score_padded(model, sequences, indices, batch_size, device) -> dict:
+    """Whole sequences, several per forward pass, logits only at the columns some continuation needs."""
+    order = sorted(indices, key=lambda i: len(sequences[i].tokens))
+    results = {}
+    for first in range(0, len(order), batch_size):
+        chosen = order[first : first + batch_size]
+        ids = padded([sequences[i].tokens for i in chosen], device)
+        columns = sorted({c for i in chosen for c in range(sequences[i].start - 1, sequences[i].end - 1)})
+        logits = model(input_ids=ids, logits_to_keep=torch.tensor(columns, device=device)).logits
+        where = {c: k for k, c in enumerate(columns)}
+        for row, index in enumerate(chosen):
+            s = sequences[index]
+            predicting = logits[row, [where[c] for c in range(s.start - 1, s.end - 1)]]
+            results[index] = judge(predicting, ids[row, s.start : s.end])
+    return results
+
+
+def score_plain(model, sequences, device) -> dict:
+    """The computation as nanochat does it: every sequence alone, whole, logits at every position."""
+    results = {}
+    for index, s in enumerate(sequences):
+        ids = torch.tensor([s.tokens], device=device)
+        logits = model(input_ids=ids).logits[0]
+        results[index] = judge(logits[s.start - 1 : s.end - 1], ids[0, s.start : s.end])
+    return results
+
+
+@torch.no_grad()
+def score(model, sequences: list[Sequence], batch_size: int) -> dict[int, tuple[float, bool]]:
+    """Per sequence (by index): mean loss over its continuation and whether argmax reproduces it.
+    batch_size 1 is the plain computation, the reference the faster paths are checked against."""
+    device = next(model.parameters()).device
+    if batch_size == 1:
+        return score_plain(model, sequences, device)
+    results = {}
+    for indices, prefix in shared_prefixes(sequences):
+        results.update(score_after_prefix(model, sequences, indices, prefix, batch_size, device))
+    rest = [i for i in range(len(sequences)) if i not in results]
+    results.update(score_padded(model, sequences, rest, batch_size, device))
+    return results
+
+
+def task_sequences(tokenizer, task: Task, items: list[dict], max_len: int, rank: int = 0, world: int = 1):
+    """The scored sequences of this rank's items, BOS first."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    max_len = model.config.max_position_embeddings
 
     def encode(text: str) -> list[int]:
         return [bos] + tokenizer.encode(text, add_special_tokens=False)
@@ -167,7 +245,13 @@ def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int
     for idx in range(rank, len(items), world):
         prompts = render(task.kind, items[idx], fewshot_examples(items, idx, task.num_fewshot), task.delimiter)
         sequences += item_sequences(task.kind, prompts, encode, idx, max_len)
-    scores = score(model, sequences, bos, batch_size)
+    return sequences
+
+
+def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int, rank: int = 0, world: int = 1):
+    """{item index: [(mean continuation loss, argmax reproduces it) per option]} for this rank's items."""
+    sequences = task_sequences(tokenizer, task, items, model.config.max_position_embeddings, rank, world)
+    scores = score(model, sequences, batch_size)
     by_item: dict[int, list[tuple[float, bool]]] = {}
     for index, s in enumerate(sequences):
         by_item.setdefault(s.item, []).append(scores[index])
