@@ -97,10 +97,10 @@ def test_report_shows_what_was_measured_and_nothing_else(run, tmp_path):
     (run / "evals" / "chat.json").write_text(json.dumps({"chat_accuracy": 0.25, "stop_rate": 0.5, "examples": []}))
     assert main(["report", str(run), "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    summary = report["runs"]["run"]
+    summary = report["stages"]["pretrain"]
     assert summary["steps"] == 16 and summary["tokens"] == 16 * 4 * 32 and summary["parameters"] > 0
     assert summary["hardware"].startswith("CPU") and "mfu" not in summary and "cost_usd" not in summary  # not measured
-    assert summary["evals"]["chat_accuracy"] == 0.25 and "probe_accuracy" in summary["evals"]
+    assert summary["chat_accuracy"] == 0.25 and "probe_accuracy" in summary and report["wall_s"] > 0
     assert [p["steps"] for p in summary["phases"]] == ["1-2", "2-4", "4-8", "8-16"]
 
     def no_nulls(value):
@@ -115,9 +115,9 @@ def test_report_shows_what_was_measured_and_nothing_else(run, tmp_path):
     for heading in (
         "What each stage cost",
         "Evaluations",
-        "Samples: run",
-        "Diminishing returns: run",
-        "Configuration: run",
+        "Samples: pretrain",
+        "Diminishing returns: pretrain",
+        "Configuration: pretrain",
     ):
         assert f"## {heading}" in text
     assert "| step 8 | step 16 |" in text and "| 0.25 | 0.5 |" in text

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where to write (default: the first run's parent directory)")
     report.set_defaults(run=run_report)
 
+    speedrun = commands.add_parser("speedrun", help="every stage of a recipe on the embedded default, resumable")
+    speedrun.add_argument("--out", default=".", help="directory to run in (default: here, as the README's commands)")
+    speedrun.add_argument("--recipe", default="recipes/tiny")
+    speedrun.set_defaults(run=run_speedrun)
+
     for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
         commands.add_parser(stage, help=f"trl {stage} --config RECIPE, checked before and laid out like a run after")
 
@@ -233,6 +238,12 @@ def run_data_prepare(args) -> None:
             f"({train['documents']:,} docs)  val {val['tokens']:>10,} tokens"
         )
     print(f"wrote {args.out} in {manifest['seconds']:.1f}s")
+
+
+def run_speedrun(args) -> None:
+    from .speedrun import speedrun
+
+    speedrun(args.out, args.recipe)
 
 
 def run_plan(args) -> None:

@@ -54,7 +54,9 @@ def _plot(run_dirs: list[Path], what: str, out: Path) -> Path:
             ax.plot([m["step"] for m in evals], [m[f"val_{what}"] for m in evals], "o-", label=f"validation {what}")
         drawn |= bool(evals or (what == "loss" and train))
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)" if what == "loss" else "bits per byte")
+        plan = run_dir / "plan.json"
+        dpo = plan.is_file() and json.loads(plan.read_text()).get("stage") == "dpo"
+        ax.set_ylabel("bits per byte" if what == "bpb" else "DPO loss (per pair)" if dpo else "loss (nats/token)")
         ax.set_title(run_dir.name)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -97,7 +99,7 @@ def run_summary(run_dir: Path) -> dict:
     params = parameters(run_dir / "export") or plan.get("params_total")
     tokens = last.get("tokens")
     summary = {
-        "stage": plan.get("stage") or last.get("stage") or "pretrain",
+        "stage": plan.get("stage", "pretrain"),
         "hardware": plan.get("hardware"),
         "parameters": params,
         "steps": last["step"],
@@ -131,7 +133,8 @@ def stage_evals(run_dir: Path, metrics: list[dict]) -> dict:
             evals[key] = last_eval[key]
     for path in sorted((run_dir / "evals").glob("*.json")):
         result = json.loads(path.read_text())
-        evals.update({k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        evals.update({k: v for k, v in numbers.items() if k != "n"})  # every eval's item count is "n"
     return evals
 
 
@@ -169,18 +172,29 @@ def phases(train: list[dict], priced: bool) -> list[dict]:
 # --- the report ------------------------------------------------------------------------------------
 
 
-def build_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+def build_report(run_dirs: list[str | Path], out: str | Path | None = None, pipeline: dict | None = None) -> Path:
+    """report.md and report.json for runs in pipeline order; `pipeline` ({step: seconds}) is the
+    wall time of every step of a speedrun, data and evaluations included."""
     runs = [Path(r) for r in run_dirs]
     out = Path(out) if out else runs[0].parent
-    summaries = {run.name: run_summary(run) for run in runs}
+    summaries = [run_summary(run) for run in runs]
+    names = [s["stage"] for s in summaries]
+    if len(set(names)) < len(names):  # several runs of one stage, compared: named by directory
+        names = [run.name for run in runs]
+    stages = dict(zip(names, summaries, strict=True))
     plots = [_plot(runs, "loss", out / "plots" / "loss.png")]
-    if any("val_bpb" in s["evals"] for s in summaries.values()):
-        plots.append(
-            _plot([r for r in runs if "val_bpb" in summaries[r.name]["evals"]], "bpb", out / "plots" / "bpb.png")
-        )
-    report = {"runs": summaries, "plots": [str(p.relative_to(out)) for p in plots]}
+    with_bpb = [run for run, s in zip(runs, summaries, strict=True) if "val_bpb" in s["evals"]]
+    if with_bpb:
+        plots.append(_plot(with_bpb, "bpb", out / "plots" / "bpb.png"))
+    report = {
+        "wall_s": sum(pipeline.values()) if pipeline else sum(s.get("wall_s", 0) for s in summaries),
+        **({"pipeline_s": pipeline} if pipeline else {}),
+        # Flat per stage, the keys scripts read: stages.<stage>.{final_loss, tokens, core, chat_accuracy, ...}
+        "stages": {name: {**{k: v for k, v in s.items() if k != "evals"}, **s["evals"]} for name, s in stages.items()},
+        "plots": [str(p.relative_to(out)) for p in plots],
+    }
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "report.md").write_text(markdown(runs, summaries, report["plots"]))
+    (out / "report.md").write_text(markdown(runs, stages, report["plots"], pipeline))
     return out / "report.md"
 
 
@@ -205,8 +219,11 @@ def _table(headings: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
-def markdown(runs: list[Path], summaries: dict, plots: list[str]) -> str:
+def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict | None) -> str:
     lines = ["# Run report", ""]
+    if pipeline:
+        lines += [f"## Speedrun: {_fmt(sum(pipeline.values()), 'time')} in all", ""]
+        lines += _table(list(pipeline), [[_fmt(seconds, "time") for seconds in pipeline.values()]])
     cost = [("hardware", ""), ("parameters", "int"), ("steps", "int"), ("tokens", "int"),
             ("tokens_per_parameter", ""), ("flops", "sci"), ("wall_s", "time"), ("tok_per_s", "int"),
             ("mfu", "pct"), ("mem_peak_gb", ""), ("cost_usd", "usd"), ("final_loss", "")]  # fmt: skip
@@ -220,18 +237,18 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str]) -> str:
         [[n, *(_fmt(s["evals"].get(k)) for k, _ in EVAL_COLUMNS)] for n, s in summaries.items()],
     )
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    for run in runs:
-        lines += samples_section(run)
+    for name, run in zip(summaries, runs, strict=True):
+        lines += samples_section(run, name)
     for name, summary in summaries.items():
         if summary["phases"]:
             lines += [f"## Diminishing returns: {name}", ""]
             keys = [("steps", ""), ("loss_start", ""), ("loss_end", ""), ("loss_drop", ""), ("wall_s", "time"),
                     ("wall_s_per_0.01", "time"), ("cost_usd", "usd"), ("cost_usd_per_0.01", "usd")]  # fmt: skip
             lines += _table([k for k, _ in keys], [[_fmt(p.get(k), f) for k, f in keys] for p in summary["phases"]])
-    for run in runs:
+    for name, run in zip(summaries, runs, strict=True):
         if (run / "config.yaml").is_file():
             lines += [
-                f"## Configuration: {run.name}",
+                f"## Configuration: {name}",
                 "",
                 "```yaml",
                 (run / "config.yaml").read_text().strip(),
@@ -241,7 +258,7 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def samples_section(run: Path, columns: int = 4) -> list[str]:
+def samples_section(run: Path, name: str, columns: int = 4) -> list[str]:
     """Greedy samples at up to four milestones of the run, side by side."""
     samples = [s for s in read_jsonl(run / "samples.jsonl") if s.get("mode", "greedy") == "greedy"]
     if not samples:
@@ -252,4 +269,4 @@ def samples_section(run: Path, columns: int = 4) -> list[str]:
     text = {(s["prompt"], s["step"]): s["text"].replace("\n", " ").replace("|", "\\|") for s in samples}
     prompts = list(dict.fromkeys(s["prompt"] for s in samples))
     rows = [[repr(p)[1:-1], *(text.get((p, step), "—") for step in picked)] for p in prompts]
-    return [f"## Samples: {run.name}", ""] + _table(["prompt", *(f"step {step:,}" for step in picked)], rows)
+    return [f"## Samples: {name}", ""] + _table(["prompt", *(f"step {step:,}" for step in picked)], rows)

@@ -176,7 +176,9 @@ def padded(rows: list[list[int]], device) -> torch.Tensor:
 
 def score_after_prefix(model, sequences, indices, prefix, batch_size, device) -> dict:
     """The prefix once, then the rest of every sequence from a copy of its KV cache."""
-    head = model(input_ids=torch.tensor([sequences[indices[0]].tokens[:prefix]], device=device), logits_to_keep=1)
+    prefix_ids = torch.tensor([sequences[indices[0]].tokens[:prefix]], device=device)
+    # use_cache explicitly: a model saved by TRL may say use_cache: false in its config.
+    head = model(input_ids=prefix_ids, logits_to_keep=1, use_cache=True)
     results = {}
     for first in range(0, len(indices), batch_size):
         chosen = indices[first : first + batch_size]

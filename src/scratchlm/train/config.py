@@ -23,6 +23,7 @@ SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
 class PretrainConfig:
     output_dir: str
     run_name: str = ""
+    stage: str = "pretrain"  # or "midtrain": how reports name the run
     seed: int = 0
 
     # The model: exactly one of a preset, a model YAML (ScratchConfig keys + optional preset), or
@@ -177,6 +178,7 @@ class PretrainConfig:
             "on_nonfinite": ("stop", "skip"),
             "report_to": ("none", "wandb"),
             "export_format": ("scratch", "llama"),
+            "stage": ("pretrain", "midtrain"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

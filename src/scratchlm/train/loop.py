@@ -382,7 +382,13 @@ def write_run_files(run_dir: Path, config: PretrainConfig, plan, state: dict, st
     (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     (run_dir / "plan.json").write_text(
         json.dumps(
-            {**plan.as_dict(), **stats, "total_steps": state["total_steps"], "hardware": describe_hardware(world)},
+            {
+                **plan.as_dict(),
+                **stats,
+                "stage": config.stage,
+                "total_steps": state["total_steps"],
+                "hardware": describe_hardware(world),
+            },
             indent=1,
         )
     )

@@ -1,0 +1,173 @@
+"""`scratchlm speedrun [--out DIR] [--recipe recipes/tiny]`: every stage of a recipe, one command.
+
+It runs the commands a user would type, in order, in DIR (default: here), each as its own process:
+the embedded default corpus, the tokenizer, the shards, `accelerate launch recipes/pretrain.py` for
+pretraining and midtraining, `scratchlm sft|dpo` around `trl sft|dpo`, the evaluations (CORE,
+probes, chat, preference), then the report and one chat exchange. With --out elsewhere, the recipe
+and recipes/pretrain.py are copied into DIR/recipes/ first, so the recipe's relative paths land there.
+
+DIR/speedrun.json records each finished stage and its wall time: a re-run skips finished stages, and
+the interrupted one resumes (pretraining from its newest checkpoint, TRL from its last checkpoint-N).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import read_yaml
+from .errors import ScratchError
+from .report import build_report
+from .train.config import parse_pretrain_args
+
+STATE = "speedrun.json"
+ACCELERATE_CPU = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def speedrun(out: str | Path, recipe: str | Path) -> Path:
+    """Runs what is left of the pipeline in `out`; returns the report's path."""
+    out, recipe = Path(out).resolve(), Path(recipe)
+    if not (recipe / "pretrain.yaml").is_file():
+        raise ScratchError(f"{recipe} is not a recipe directory: it has no pretrain.yaml")
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = workspace(out, recipe)
+    os.chdir(out)  # the recipe's paths are relative to the directory holding recipes/
+    stages, runs, data = plan_stages(recipe)
+    state = read_state(out)
+    for number, (name, commands) in enumerate(stages, 1):
+        if name in state:
+            print(f"[{number}/{len(stages)}] {name}: finished by an earlier run in {state[name]:.0f} s, skipped")
+            continue
+        print(f"[{number}/{len(stages)}] {name}", flush=True)
+        start = time.perf_counter()
+        for command in commands:
+            command = resumed(command)
+            print(f"  $ {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
+            if subprocess.run(command).returncode != 0:
+                raise ScratchError(
+                    f"speedrun stage '{name}' failed (its messages are above); fix the cause and run the same "
+                    f"command again: finished stages are skipped and '{name}' resumes"
+                )
+        state[name] = round(time.perf_counter() - start, 1)
+        write_state(out, state)
+    report = build_report(list(runs.values()), out, pipeline=state)
+    print_exchange(Path(runs["dpo"]) / "export", data / "chat" / "test.jsonl")
+    print(f"speedrun: {sum(state.values()):.0f} s of stages; report: {report}")
+    return report
+
+
+def print_exchange(model_dir: Path, questions: Path) -> None:
+    """One held-out question and the final model's answer."""
+    from .eval.chat import chat_replies, read_rows
+    from .model.files import load_model
+
+    model, tokenizer = load_model(model_dir)
+    conversation = read_rows(questions, ("messages",))[0]["messages"]
+    conversation = conversation[: max(i for i, m in enumerate(conversation) if m["role"] == "user") + 1]
+    ((reply, _),) = chat_replies(model, tokenizer, [conversation])
+    for message in conversation:
+        print(f"{message['role']}: {message['content']}")
+    print(f"assistant ({model_dir}): {reply}")
+
+
+def workspace(out: Path, recipe: Path) -> Path:
+    """The recipe as DIR sees it: itself when DIR holds it, else a copy in DIR/recipes/."""
+    inside = Path("recipes") / recipe.resolve().name
+    if (out / inside).resolve() == recipe.resolve():
+        return inside
+    (out / "recipes").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(recipe, out / inside, dirs_exist_ok=True)
+    shutil.copy2(recipe.resolve().parent / "pretrain.py", out / "recipes" / "pretrain.py")
+    return inside
+
+
+def plan_stages(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, Path]:
+    """The stages and their commands, the run directories, and the embedded default's directory."""
+    pretrain = parse_pretrain_args(["--config", str(recipe / "pretrain.yaml")])
+    midtrain = parse_pretrain_args(["--config", str(recipe / "midtrain.yaml")])
+    sft, dpo = read_yaml(recipe / "sft.yaml"), read_yaml(recipe / "dpo.yaml")
+    data, data_config = Path(pretrain.default_data), read_yaml(pretrain.data_config)
+    if not pretrain.default_data or not pretrain.tokenizer_vocab_size:
+        raise ScratchError(f"{recipe}/pretrain.yaml: a speedrun needs default_data and tokenizer_vocab_size")
+    texts = [s["path"] for s in data_config["sources"] if s.get("format", "text") == "text"]
+    runs = {"pretrain": pretrain.output_dir, "midtrain": midtrain.output_dir, "sft": sft["output_dir"],
+            "dpo": dpo["output_dir"]}  # fmt: skip
+    scratchlm, launch = [command_path("scratchlm")], [command_path("accelerate"), "launch", *ACCELERATE_CPU]
+    stages = [
+        ("corpus", [[*scratchlm, "data", "default", "--out", str(data)]]),
+        (
+            "tokenizer",
+            [
+                [
+                    *scratchlm,
+                    "tokenizer",
+                    "train",
+                    "--input",
+                    *texts,
+                    "--out",
+                    data_config["tokenizer"],
+                    "--vocab-size",
+                    str(pretrain.tokenizer_vocab_size),
+                    "--max-chars",
+                    str(pretrain.tokenizer_train_chars),
+                ]
+            ],
+        ),  # fmt: skip
+        ("shards", [[*scratchlm, "data", "prepare", "--config", pretrain.data_config, "--out", pretrain.data_dir]]),
+        ("pretrain", [[*launch, "recipes/pretrain.py", "--config", str(recipe / "pretrain.yaml")]]),
+        ("midtrain", [[*launch, "recipes/pretrain.py", "--config", str(recipe / "midtrain.yaml")]]),
+        ("sft", [[*scratchlm, "sft", "--config", str(recipe / "sft.yaml")]]),
+        ("dpo", [[*scratchlm, "dpo", "--config", str(recipe / "dpo.yaml")]]),
+        ("evals", eval_commands(scratchlm, runs, data, pretrain.core_max_per_task)),
+    ]
+    return stages, runs, data
+
+
+def eval_commands(scratchlm: list[str], runs: dict, data: Path, core_max_per_task: int) -> list[list[str]]:
+    """What the trained stages are measured on, into RUN_DIR/evals/ where the report reads it.
+    Pretraining and midtraining measured CORE and probes at their last step already."""
+
+    def evaluate(what: str, stage: str, *args: str) -> list[str]:
+        model, out = f"{runs[stage]}/export", f"{runs[stage]}/evals/{what}.json"
+        return [*scratchlm, "eval", what, "--model", model, *args, "--out", out]
+
+    core = ("--bundle", str(data / "core"), "--max-per-task", str(core_max_per_task))
+    chat = ("--data", str(data / "chat" / "test.jsonl"))
+    preference = ("--reference", f"{runs['sft']}/export", "--data", str(data / "preference" / "test.jsonl"))
+    return [
+        *(evaluate("core", stage, *core) for stage in ("sft", "dpo")),
+        *(evaluate("chat", stage, *chat) for stage in ("midtrain", "sft", "dpo")),
+        *(evaluate("preference", stage, *preference) for stage in ("sft", "dpo")),
+    ]
+
+
+def resumed(command: list[str]) -> list[str]:
+    """A TRL stage resumes from its last complete checkpoint-N, if an interrupted run left one
+    (trainer_state.json is the last file TRL writes into a checkpoint)."""
+    if command[1:2] not in (["sft"], ["dpo"]):
+        return command
+    output_dir = Path(read_yaml(command[command.index("--config") + 1])["output_dir"])
+    complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    checkpoints = sorted(complete, key=lambda p: int(p.name.split("-")[1]))
+    return [*command, "--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else command
+
+
+def command_path(name: str) -> str:
+    """The console script installed beside this Python (a venv not on PATH still works)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.is_file() else shutil.which(name) or name
+
+
+def read_state(out: Path) -> dict:
+    """{finished stage: seconds it took}."""
+    path = out / STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_state(out: Path, state: dict) -> None:
+    tmp = out / f"{STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(out / STATE)
