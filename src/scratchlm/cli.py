@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a model directory or training checkpoint as scratch or stock llama")
     export.add_argument("checkpoint", help="model directory or runs/<run>/checkpoints/step_XXXXXXXX")
     export.add_argument("--out", required=True)
-    export.add_argument("--format", choices=["scratch", "llama"], default="scratch")
+    export.add_argument("--format", choices=["scratch", "llama", "bitnet-packed"], default="scratch")
     export.set_defaults(run=run_export)
 
     tokenizer = commands.add_parser("tokenizer", help="train byte-level BPE tokenizers")

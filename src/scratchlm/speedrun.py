@@ -89,33 +89,19 @@ def plan_stages(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, 
     pretrain = parse_pretrain_args(["--config", str(recipe / "pretrain.yaml")])
     midtrain = parse_pretrain_args(["--config", str(recipe / "midtrain.yaml")])
     sft, dpo = read_yaml(recipe / "sft.yaml"), read_yaml(recipe / "dpo.yaml")
+    if not pretrain.default_data or not pretrain.tokenizer_vocab_size or not pretrain.data_config:
+        raise ScratchError(f"{recipe}/pretrain.yaml: a speedrun needs default_data, data_config, tokenizer_vocab_size")
     data, data_config = Path(pretrain.default_data), read_yaml(pretrain.data_config)
-    if not pretrain.default_data or not pretrain.tokenizer_vocab_size:
-        raise ScratchError(f"{recipe}/pretrain.yaml: a speedrun needs default_data and tokenizer_vocab_size")
-    texts = [s["path"] for s in data_config["sources"] if s.get("format", "text") == "text"]
     runs = {"pretrain": pretrain.output_dir, "midtrain": midtrain.output_dir, "sft": sft["output_dir"],
             "dpo": dpo["output_dir"]}  # fmt: skip
     scratchlm, launch = [command_path("scratchlm")], [command_path("accelerate"), "launch", *ACCELERATE_CPU]
+    texts = [s["path"] for s in data_config["sources"] if s.get("format", "text") == "text"]
+    vocab, chars = str(pretrain.tokenizer_vocab_size), str(pretrain.tokenizer_train_chars)
+    tokenizer = [*scratchlm, "tokenizer", "train", "--input", *texts, "--out", data_config["tokenizer"],
+                 "--vocab-size", vocab, "--max-chars", chars]  # fmt: skip
     stages = [
         ("corpus", [[*scratchlm, "data", "default", "--out", str(data)]]),
-        (
-            "tokenizer",
-            [
-                [
-                    *scratchlm,
-                    "tokenizer",
-                    "train",
-                    "--input",
-                    *texts,
-                    "--out",
-                    data_config["tokenizer"],
-                    "--vocab-size",
-                    str(pretrain.tokenizer_vocab_size),
-                    "--max-chars",
-                    str(pretrain.tokenizer_train_chars),
-                ]
-            ],
-        ),  # fmt: skip
+        ("tokenizer", [tokenizer]),
         ("shards", [[*scratchlm, "data", "prepare", "--config", pretrain.data_config, "--out", pretrain.data_dir]]),
         ("pretrain", [[*launch, "recipes/pretrain.py", "--config", str(recipe / "pretrain.yaml")]]),
         ("midtrain", [[*launch, "recipes/pretrain.py", "--config", str(recipe / "midtrain.yaml")]]),

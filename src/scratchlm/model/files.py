@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 from ..errors import ScratchError
 from ..tokenization import IM_END, check_tokenizer_fits, load_tokenizer
 from . import ScratchConfig, ScratchForCausalLM
+from .bitnet import is_packed, load_packed, save_packed
 
-FORMATS = ("scratch", "llama")
+FORMATS = ("scratch", "llama", "bitnet-packed")
 
 
 def attention_backend() -> str:
@@ -64,6 +65,8 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
         tokenizer = load_tokenizer(model_dir)
         check_tokenizer_fits(tokenizer, config.get("vocab_size", 0), where=f"model {model_dir}")
     try:
+        if is_packed(model_dir):
+            return load_packed(model_dir).to(dtype), tokenizer
         model = AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype, attn_implementation=attention_backend()
         )
@@ -79,6 +82,11 @@ def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -
     if format == "llama":
         model = as_stock_llama(model)
     out_dir = Path(out_dir)
+    if format == "bitnet-packed":
+        sizes = save_packed(model, tokenizer, out_dir)
+        packed, full = sizes["packed_bytes"] / 1e6, sizes["full_precision_bytes"] / 1e6
+        print(f"bitnet-packed: {packed:.2f} MB on disk against {full:.2f} MB of full-precision weights")
+        return out_dir
     if tokenizer is not None:
         model.generation_config = generation_config(tokenizer)
         tokenizer.model_max_length = model.config.max_position_embeddings

@@ -6,8 +6,10 @@ lets a model without custom options export as a stock `llama` checkpoint with th
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from .configuration_scratch import ScratchConfig
 
@@ -24,6 +26,40 @@ class SoftCappedLinear(nn.Linear):
         return self.cap * torch.tanh(logits / self.cap)
 
 
+def ternary_weights(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58's absmean quantizer: (round(W / s) clamped to {-1, 0, +1}, s = mean |W|)."""
+    scale = weight.abs().mean().clamp(min=1e-5)
+    return (weight / scale).round().clamp(-1, 1), scale
+
+
+def int8_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token absmax: (round(x * s) in [-128, 127], s = 127 / max |x| over the token's features)."""
+    scale = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    return (x * scale).round().clamp(-128, 127), scale
+
+
+class BitLinear(nn.Linear):
+    """A BitNet b1.58 linear layer: RMSNorm of the input, 8-bit activations, ternary weights; both
+    quantizers pass gradients straight through (forward quantized, backward as if the identity).
+    The full-precision weight is what trains and what is saved; `ternary_weights` gives its values."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, eps: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.input_norm = LlamaRMSNorm(in_features, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_norm(x)
+        codes, x_scale = int8_activations(x)
+        # Share of activations at the ends of the int8 range, for the run's BitNet metrics. Per-token
+        # absmax puts each token's largest value there and clips nothing else, so this is the
+        # clipping rate of the quantizer: near 1/in_features for tokens with one outlier.
+        self.act_clip_rate = (codes.abs() >= 127).float().mean().detach()
+        x = x + (codes / x_scale - x).detach()
+        ternary, w_scale = ternary_weights(self.weight)
+        weight = self.weight + (ternary * w_scale - self.weight).detach()
+        return F.linear(x, weight, self.bias)
+
+
 class ScratchForCausalLM(LlamaForCausalLM):
     config_class = ScratchConfig
     config: ScratchConfig
@@ -37,7 +73,18 @@ class ScratchForCausalLM(LlamaForCausalLM):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         else:
             self.lm_head = SoftCappedLinear(config.hidden_size, config.vocab_size, config.logit_softcap)
+        if config.bitnet:
+            for layer in self.model.layers:
+                for block in (layer.self_attn, layer.mlp):
+                    for name, linear in list(block.named_children()):
+                        if isinstance(linear, nn.Linear):
+                            bias = linear.bias is not None
+                            setattr(
+                                block,
+                                name,
+                                BitLinear(linear.in_features, linear.out_features, bias, config.rms_norm_eps),
+                            )
         self.post_init()
 
 
-__all__ = ["ScratchForCausalLM"]
+__all__ = ["BitLinear", "ScratchForCausalLM", "int8_activations", "ternary_weights"]

@@ -177,7 +177,7 @@ class PretrainConfig:
         choices = {
             "on_nonfinite": ("stop", "skip"),
             "report_to": ("none", "wandb"),
-            "export_format": ("scratch", "llama"),
+            "export_format": ("scratch", "llama", "bitnet-packed"),
             "stage": ("pretrain", "midtrain"),
         }
         for name, allowed in choices.items():

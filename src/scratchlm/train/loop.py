@@ -30,6 +30,7 @@ from ..eval.chat import read_rows
 from ..eval.core import evaluate_core, load_bundle
 from ..eval.probes import probe_accuracy
 from ..model import ScratchConfig, ScratchForCausalLM
+from ..model.bitnet import bitnet_stats
 from ..model.files import attention_backend, save_model
 from ..model.info import model_stats
 from ..model.presets import build_config
@@ -239,6 +240,7 @@ def train(config: PretrainConfig) -> Path:
                 "eta_s": (state["total_steps"] - state["step"]) * seconds / interval["steps"],
                 "windows_checksum": int(accelerator.reduce(checksum, "sum").item()),
                 "epochs": loader.epochs(),
+                **bitnet_stats(raw_model),
             }
             log.metrics(record)
             progress.update(record)

@@ -1,0 +1,130 @@
+"""BitNet b1.58: the quantizers on known tensors, straight-through gradients, checkpoints that load
+without scratchlm, the packed export, and the metrics a training run logs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from conftest import SMALL_MODEL, small_config
+from scratchlm.model import ScratchForCausalLM
+from scratchlm.model.bitnet import bitlinears, load_packed, pack_ternary, save_packed, unpack_ternary
+from scratchlm.model.files import load_model, save_model
+from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights
+from scratchlm.train.status import read_jsonl
+from test_pretrain import launch, small_run
+
+
+def bitnet_model(seed: int = 0) -> ScratchForCausalLM:
+    torch.manual_seed(seed)
+    return ScratchForCausalLM(small_config(bitnet=True)).eval()
+
+
+def test_weights_quantize_by_their_absmean_to_ternary():
+    weight = torch.tensor([[0.5, -1.5, 0.0, 2.0], [0.25, -0.25, 1.0, -2.5]])  # mean |w| = 1.0
+    ternary, scale = ternary_weights(weight)
+    assert scale.item() == 1.0
+    # w / 1.0 rounded half to even, then clamped: 0.5 -> 0, -1.5 -> -2 -> -1, 2 -> 1, -2.5 -> -2 -> -1
+    assert ternary.tolist() == [[0, -1, 0, 1], [0, 0, 1, -1]]
+
+
+def test_activations_quantize_per_token_by_their_absmax_to_int8():
+    x = torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.0, 0.0, -4.0, 2.0]])
+    codes, scale = int8_activations(x)
+    assert scale.flatten().tolist() == [127.0, 127.0 / 4]
+    assert codes.tolist() == [[127, -64, 32, 0], [0, 0, -127, 64]]  # -63.5 and 63.5 round half to even
+    assert ((codes / scale) - x).abs().max() <= 0.5 / scale.min()
+
+
+def test_gradients_pass_straight_through_both_quantizers():
+    torch.manual_seed(0)
+    layer = BitLinear(8, 3, bias=False, eps=1e-5)
+    x = torch.randn(5, 8, requires_grad=True)
+    layer(x).sum().backward()
+    normed = layer.input_norm(x).detach()
+    codes, scale = int8_activations(normed)
+    # d(sum out)/dW = sum over tokens of the quantized input, as if the ternary weight were W itself
+    assert torch.allclose(layer.weight.grad, (codes / scale).sum(0).expand(3, 8), atol=1e-6)
+    ternary, w_scale = ternary_weights(layer.weight.detach())
+    # d/dx goes through the norm as if the input quantizer were the identity
+    x_ref = x.detach().clone().requires_grad_(True)
+    F.linear(layer.input_norm(x_ref), ternary * w_scale).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-6) and x.grad.abs().sum() > 0
+
+
+def test_bitnet_replaces_only_the_decoder_linears():
+    model = bitnet_model()
+    layers = bitlinears(model)
+    assert len(layers) == 7 * SMALL_MODEL["num_hidden_layers"]  # q, k, v, o, gate, up, down
+    assert not isinstance(model.lm_head, BitLinear) and type(model.model.embed_tokens) is torch.nn.Embedding
+    assert model.config.llama_incompatibilities() == ["bitnet=True"]
+
+
+def test_pack_and_unpack_are_inverse_for_any_length():
+    for count in (1, 4, 7, 1001):
+        values = torch.randint(-1, 2, (count,), dtype=torch.int8)
+        packed = pack_ternary(values)
+        assert packed.dtype == torch.uint8 and packed.numel() == (count + 3) // 4
+        assert torch.equal(unpack_ternary(packed, count), values)
+
+
+def test_saved_checkpoint_loads_without_scratchlm_and_gives_the_same_logits(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+
+    model = bitnet_model()
+    save_model(model, load_tokenizer(tokenizer_dir), tmp_path / "model")
+    ids = torch.randint(0, 1000, (2, 24))
+    expected = model(ids).logits
+    loaded, _ = load_model(tmp_path / "model")
+    assert torch.equal(loaded(ids).logits, expected)
+    torch.save(ids, tmp_path / "ids.pt")
+    script = (
+        "import sys, torch; from transformers import AutoModelForCausalLM\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'model')!r}, trust_remote_code=True)\n"
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r}, weights_only=True)\n"
+        "assert 'scratchlm' not in sys.modules\n"
+        f"torch.save(model.eval()(ids).logits.detach(), {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert torch.allclose(torch.load(tmp_path / "logits.pt", weights_only=True), expected, atol=1e-6)
+
+
+def test_packed_export_is_ternary_at_two_bits_and_gives_the_same_logits(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+
+    model = bitnet_model()
+    with torch.no_grad():  # trained-looking weights: not all the same size
+        for layer in bitlinears(model).values():
+            layer.weight.mul_(torch.rand_like(layer.weight) * 3)
+    sizes = save_packed(model, load_tokenizer(tokenizer_dir), tmp_path / "packed")
+    loaded = load_packed(tmp_path / "packed")
+    for name, layer in bitlinears(loaded).items():  # the same ternary values and scale, exactly
+        ternary, scale = ternary_weights(layer.weight)
+        original, original_scale = ternary_weights(bitlinears(model)[name].weight)
+        assert torch.equal(ternary, original) and set(ternary.unique().tolist()) <= {-1.0, 0.0, 1.0}
+        assert scale.item() == pytest.approx(original_scale.item(), rel=1e-6)
+    ids = torch.randint(0, 1000, (2, 24))
+    assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+    ternary_bytes = sizes["ternary_weights"] // 4
+    assert sizes["packed_bytes"] < sizes["full_precision_bytes"] - 3 * ternary_bytes  # 32 bits -> 2 per weight
+    again, _ = load_model(tmp_path / "packed")  # every command reads packed directories too
+    assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bitnet_run_logs_its_metrics_and_exports_packed(tmp_path, shards_dir):
+    config = small_run(tmp_path, shards_dir, export_format="bitnet-packed")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**SMALL_MODEL, "bitnet": True}))
+    launch(tmp_path, "--config", str(config))
+    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in m]
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    for m in metrics:
+        assert 0 < m["bitnet_zero_fraction"] < 1 and m["bitnet_weight_scale"] > 0
+        assert 0 < m["bitnet_act_clip_rate"] < 0.5
+    assert json.loads((tmp_path / "run" / "export" / "bitnet_packed.json").read_text())["packed_bytes"] > 0
+    model, _ = load_model(tmp_path / "run" / "export")
+    assert model.config.bitnet
