@@ -36,8 +36,7 @@ def run_stage(stage: str, argv: list[str]) -> Path:
     env = dict(os.environ)
     if not _has_cuda():  # `accelerate launch`, which TRL uses, pins each CPU process to one thread
         env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    trl = Path(sys.executable).with_name("trl")
-    command = [str(trl) if trl.is_file() else shutil.which("trl") or "trl", stage, *argv]
+    command = [command_path("trl"), stage, *argv]
     print(f"scratchlm: {model_dir} -> {output_dir}: running {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     if subprocess.run(command, env=env).returncode != 0:
@@ -181,6 +180,12 @@ def sample_prompts(values: dict) -> list[list[dict]]:
         first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
         prompts.append(messages[: first_user + 1])
     return prompts
+
+
+def command_path(name: str) -> str:
+    """The console script installed beside this Python (a venv not on PATH still works)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.is_file() else shutil.which(name) or name
 
 
 def _has_cuda() -> bool:

@@ -14,12 +14,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from .config import read_yaml
 from .errors import ScratchError
+from .posttrain import command_path
 from .report import build_report
 from .train.config import parse_pretrain_args
 
@@ -139,12 +139,6 @@ def resumed(command: list[str]) -> list[str]:
     complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     checkpoints = sorted(complete, key=lambda p: int(p.name.split("-")[1]))
     return [*command, "--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else command
-
-
-def command_path(name: str) -> str:
-    """The console script installed beside this Python (a venv not on PATH still works)."""
-    beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.is_file() else shutil.which(name) or name
 
 
 def read_state(out: Path) -> dict:

@@ -74,17 +74,16 @@ class ScratchForCausalLM(LlamaForCausalLM):
         else:
             self.lm_head = SoftCappedLinear(config.hidden_size, config.vocab_size, config.logit_softcap)
         if config.bitnet:
-            for layer in self.model.layers:
-                for block in (layer.self_attn, layer.mlp):
-                    for name, linear in list(block.named_children()):
-                        if isinstance(linear, nn.Linear):
-                            bias = linear.bias is not None
-                            setattr(
-                                block,
-                                name,
-                                BitLinear(linear.in_features, linear.out_features, bias, config.rms_norm_eps),
-                            )
+            self._use_bitlinear(config.rms_norm_eps)
         self.post_init()
+
+    def _use_bitlinear(self, eps: float) -> None:
+        """Every linear layer of the decoder blocks becomes a BitLinear of the same shape."""
+        for layer in self.model.layers:
+            for block in (layer.self_attn, layer.mlp):
+                for name, old in list(block.named_children()):
+                    if isinstance(old, nn.Linear):
+                        setattr(block, name, BitLinear(old.in_features, old.out_features, old.bias is not None, eps))
 
 
 __all__ = ["BitLinear", "ScratchForCausalLM", "int8_activations", "ternary_weights"]
