@@ -124,3 +124,20 @@ def test_report_shows_what_was_measured_and_nothing_else(run, tmp_path):
     for plot in ("loss", "bpb"):
         width, height = Image.open(tmp_path / "plots" / f"{plot}.png").size
         assert width >= 600 and height >= 400
+
+
+def test_the_export_is_complete_with_a_model_card(run):
+    export = run / "export"
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "loss.png"):
+        assert (export / name).is_file(), name
+    assert "{% generation %}" in (export / "chat_template.jinja").read_text()
+    card = (export / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
+    for expected in ("**pretrain** stage", "2 layers × 64", "- data: world (", "seen in this stage: 2,048 over 16",
+                     "final training loss: ", "![loss curve](loss.png)", "| probe acc |", "trust_remote_code=True",
+                     "## Intended use"):  # fmt: skip
+        assert expected in card, expected
+    generation = json.loads((export / "generation_config.json").read_text())
+    tokenizer = json.loads((export / "tokenizer_config.json").read_text())
+    assert generation["pad_token_id"] is not None and len(generation["eos_token_id"]) == 2
+    assert tokenizer["eos_token"] == "<|endoftext|>"

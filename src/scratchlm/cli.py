@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(run=run_generate)
+    talk = commands.add_parser("chat", help="talk to a chat model: streamed, multi-turn, /clear and /quit")
+    talk.add_argument("--model", required=True)
+    talk.add_argument("--max-new-tokens", type=int, default=128)
+    talk.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
+    talk.add_argument("--top-k", type=int, default=50)
+    talk.add_argument("--top-p", type=float, default=0.95)
+    talk.add_argument("--seed", type=int, default=0)
+    talk.set_defaults(run=run_chat)
     return parser
 
 
@@ -382,6 +390,17 @@ def run_generate(args) -> None:
     sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling)
     print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
+
+
+def run_chat(args) -> None:
+    import torch
+
+    from .chat import chat, sampling_options
+    from .model.files import load_model
+
+    model, tokenizer = load_model(args.model)
+    torch.manual_seed(args.seed)
+    chat(model, tokenizer, sampling_options(args.temperature, args.top_k, args.top_p), args.max_new_tokens)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .config import read_yaml
 from .errors import ScratchError
 from .eval.chat import chat_replies
 from .model.files import load_model, read_config, save_model
+from .report import write_model_card
 from .tokenization import check_tokenizer_fits, load_tokenizer
 from .train.hardware import describe_hardware
 
@@ -150,6 +151,11 @@ def finish_stage(stage: str, output_dir: Path, values: dict, wall_s: float) -> N
     (output_dir / "plan.json").write_text(json.dumps(plan, indent=1))
     model, tokenizer = load_stage_model(output_dir)
     save_model(model, tokenizer, output_dir / "export")
+    data = [
+        " ".join(str(e[k]) for k in ("path", "name", "data_files", "split") if e.get(k))
+        for e in dataset_entries(values)
+    ]
+    write_model_card(output_dir, data)
     prompts = sample_prompts(values)
     with (output_dir / "samples.jsonl").open("w") as f:
         for checkpoint in checkpoints:  # the last one holds the final weights

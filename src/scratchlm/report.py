@@ -78,7 +78,7 @@ def parameters(export: Path) -> int | None:
     from safetensors import safe_open
 
     files = sorted(export.glob("*.safetensors"))
-    if not files:
+    if not files or (export / "bitnet_packed.json").is_file():  # packed tensors are not parameter counts
         return None
     total = 0
     for path in files:
@@ -270,3 +270,69 @@ def samples_section(run: Path, name: str, columns: int = 4) -> list[str]:
     prompts = list(dict.fromkeys(s["prompt"] for s in samples))
     rows = [[repr(p)[1:-1], *(text.get((p, step), "—") for step in picked)] for p in prompts]
     return [f"## Samples: {name}", ""] + _table(["prompt", *(f"step {step:,}" for step in picked)], rows)
+
+
+# --- the model card ----------------------------------------------------------------------------------
+
+
+def write_model_card(run_dir: str | Path, data: list[str]) -> Path:
+    """RUN_DIR/export/README.md (+ loss.png): what the exported model is, what it was trained on and how
+    far, its evaluations so far, and how to use it. `data` describes the training data, a line each."""
+    run_dir = Path(run_dir)
+    export = run_dir / "export"
+    summary = run_summary(run_dir)
+    config = json.loads((export / "config.json").read_text())
+    _plot([run_dir], "loss", export / "loss.png")
+    shape = (
+        f"{config['num_hidden_layers']} layers × {config['hidden_size']}, {config['num_attention_heads']}/"
+        f"{config['num_key_value_heads']} heads, FFN {config['intermediate_size']}, vocab {config['vocab_size']}, "
+        f"context {config['max_position_embeddings']}, {'tied' if config.get('tie_word_embeddings') else 'untied'}"
+        + (", BitNet b1.58 layers" if config.get("bitnet") else "")
+    )
+    evals = [
+        f"| {heading} | {_fmt(summary['evals'][key])} |" for key, heading in EVAL_COLUMNS if key in summary["evals"]
+    ]
+    remote = config.get("model_type") != "llama"
+    lines = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [scratchlm, llama, from-scratch]",
+        "---",
+        "",
+        f"# {run_dir.name}",
+        "",
+        f"A Llama-style language model trained from scratch with scratchlm; this export is the end of its "
+        f"**{summary['stage']}** stage. {_fmt(summary.get('parameters'), 'int')} parameters: {shape}.",
+        "",
+        "## Training",
+        "",
+        *[f"- data: {line}" for line in data],
+        f"- tokens seen in this stage: {_fmt(summary.get('tokens'), 'int')} over {summary['steps']:,} steps",
+        f"- final training loss: {_fmt(summary['final_loss'])}",
+        f"- hardware: {summary.get('hardware', '—')}; wall time {_fmt(summary.get('wall_s'), 'time')}",
+        "",
+        "![loss curve](loss.png)",
+        "",
+        "## Evaluation",
+        "",
+        *(["| metric | value |", "|---|---|", *evals] if evals else ["Not evaluated at export time."]),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        f'generate = pipeline("text-generation", model="PATH"{", trust_remote_code=True" if remote else ""})',
+        "```",
+        "",
+        "The tokenizer carries a chat template (`<|im_start|>role ... <|im_end|>`); generation stops at `<|im_end|>` "
+        "and `<|endoftext|>`.",
+        "",
+        "## Intended use",
+        "",
+        "Research and teaching: studying how a small model learns, stage by stage. It is small, trained on little data "
+        "and not aligned for safety; do not rely on what it says.",
+        "",
+    ]
+    (export / "README.md").write_text("\n".join(lines))
+    return export / "README.md"

@@ -34,6 +34,7 @@ from ..model.bitnet import bitnet_stats
 from ..model.files import attention_backend, save_model
 from ..model.info import model_stats
 from ..model.presets import build_config
+from ..report import write_model_card
 from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
 from . import checkpoint as ckpt
 from .config import PretrainConfig
@@ -281,6 +282,8 @@ def train(config: PretrainConfig) -> Path:
     log.close()
     if state["step"] == state["total_steps"]:
         export(run_dir, raw_model, model_config, tokenizer, config.export_format, main)
+        if main:
+            write_model_card(run_dir, data_description(config.data_dir))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
@@ -363,6 +366,15 @@ def extend(schedule: Schedule, state: dict, extend_to: int, say) -> int:
         f"the new horizon; learning rate at step {step:,} was {before:.3e}, now {after:.3e}"
     )
     return extend_to
+
+
+def data_description(data_dir: str) -> list[str]:
+    """One line per source of the shards, for the model card."""
+    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
+    return [
+        f"{s['name']} ({s['path']}): {s['weight']:.0%} of the mixture, {s['train']['tokens']:,} tokens in the shards"
+        for s in manifest["sources"]
+    ]
 
 
 def window_checksum(window_ids: torch.Tensor) -> int:

@@ -1,0 +1,64 @@
+"""`scratchlm chat --model DIR`: talk to a model, one line per user turn, the reply streamed.
+
+The conversation is rendered with the tokenizer's chat template every turn, so the model sees what
+SFT taught it. `/clear` starts a new conversation, `/quit` (or end of input) ends. Piped stdin works
+the same, without the `you>` prompt, so a script can hold a conversation; replies start with `assistant> `.
+"""
+
+import sys
+
+import torch
+from transformers import TextStreamer
+
+from .errors import ScratchError
+from .tokenization import IM_END
+
+
+def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
+    if not tokenizer.chat_template:
+        raise ScratchError("this model's tokenizer has no chat template: use `scratchlm generate` for plain text")
+    interactive = sys.stdin.isatty()
+    stop = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model.eval()
+    messages: list[dict] = []  # the conversation so far, rendered whole every turn
+    while True:
+        if interactive:
+            print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            return
+        text = line.strip()
+        if text == "/clear":
+            messages = []
+            print("(new conversation)", flush=True)
+            continue
+        if not text:
+            continue
+        messages.append({"role": "user", "content": text})
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=False
+        )
+        if ids.shape[1] + max_new_tokens > model.config.max_position_embeddings:
+            print("(the conversation is longer than the model's context: /clear to start again)", flush=True)
+            messages.pop()
+            continue
+        print("assistant> ", end="", flush=True)
+        with torch.no_grad():
+            output = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+                streamer=streamer,
+                **sampling,
+            )
+        reply = tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        messages.append({"role": "assistant", "content": reply})
+
+
+def sampling_options(temperature: float, top_k: int, top_p: float) -> dict:
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
