@@ -50,10 +50,6 @@ class BitLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_norm(x)
         codes, x_scale = int8_activations(x)
-        # Share of activations at the ends of the int8 range, for the run's BitNet metrics. Per-token
-        # absmax puts each token's largest value there and clips nothing else, so this is the
-        # clipping rate of the quantizer: near 1/in_features for tokens with one outlier.
-        self.act_clip_rate = (codes.abs() >= 127).float().mean().detach()
         x = x + (codes / x_scale - x).detach()
         ternary, w_scale = ternary_weights(self.weight)
         weight = self.weight + (ternary * w_scale - self.weight).detach()

@@ -241,7 +241,7 @@ def train(config: PretrainConfig) -> Path:
                 "eta_s": (state["total_steps"] - state["step"]) * seconds / interval["steps"],
                 "windows_checksum": int(accelerator.reduce(checksum, "sum").item()),
                 "epochs": loader.epochs(),
-                **bitnet_stats(raw_model),
+                **bitnet_stats(raw_model, inputs[:1]),  # {} unless the model is BitNet
             }
             log.metrics(record)
             progress.update(record)
