@@ -11,14 +11,14 @@ import torch
 from transformers import TextStreamer
 
 from .errors import ScratchError
-from .tokenization import IM_END
+from .model.files import generation_config
 
 
 def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
     if not tokenizer.chat_template:
         raise ScratchError("this model's tokenizer has no chat template: use `scratchlm generate` for plain text")
     interactive = sys.stdin.isatty()
-    stop = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    stops = generation_config(tokenizer)  # end of document or of the assistant's turn, as every export says
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     model.eval()
     messages: list[dict] = []  # the conversation so far, rendered whole every turn
@@ -49,8 +49,8 @@ def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
-                eos_token_id=stop,
-                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stops.eos_token_id,
+                pad_token_id=stops.pad_token_id,
                 streamer=streamer,
                 **sampling,
             )
@@ -58,7 +58,8 @@ def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
         messages.append({"role": "assistant", "content": reply})
 
 
-def sampling_options(temperature: float, top_k: int, top_p: float) -> dict:
+def sampling_options(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict:
+    """generate() arguments: greedy at temperature 0; top_k 0 and top_p 1.0 filter nothing."""
     if temperature <= 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}

@@ -382,13 +382,13 @@ def _report(result: dict, out: str | None) -> None:
 def run_generate(args) -> None:
     import torch
 
+    from .chat import sampling_options
     from .model.files import load_model
 
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)
     inputs = tokenizer(args.prompt, return_tensors="pt")
-    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {"do_sample": False}
-    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling)
+    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling_options(args.temperature))
     print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
 
 
