@@ -44,7 +44,7 @@ def speedrun(out: str | Path, recipe: str | Path) -> Path:
         print(f"[{number}/{len(stages)}] {name}", flush=True)
         start = time.perf_counter()
         for command in commands:
-            command = resumed(command)
+            command = resumed(command, runs)
             print(f"  $ {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
             if subprocess.run(command).returncode != 0:
                 raise ScratchError(
@@ -130,12 +130,12 @@ def eval_commands(scratchlm: list[str], runs: dict, data: Path, core_max_per_tas
     ]
 
 
-def resumed(command: list[str]) -> list[str]:
+def resumed(command: list[str], runs: dict) -> list[str]:
     """A TRL stage resumes from its last complete checkpoint-N, if an interrupted run left one
     (trainer_state.json is the last file TRL writes into a checkpoint)."""
-    if command[1:2] not in (["sft"], ["dpo"]):
+    if command[1] not in ("sft", "dpo"):
         return command
-    output_dir = Path(read_yaml(command[command.index("--config") + 1])["output_dir"])
+    output_dir = Path(runs[command[1]])
     complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
     checkpoints = sorted(complete, key=lambda p: int(p.name.split("-")[1]))
     return [*command, "--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else command
