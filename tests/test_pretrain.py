@@ -21,13 +21,17 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = {**SMALL_MODEL, "max_position_embeddings": 64}
 
 
-def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):
-    """`accelerate launch`: it reports any failure of the script as exit status 1."""
+def launch_command(*args: str, processes: int = 1) -> list[str]:
     if processes == 1:
         where = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     else:
         where = ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]
-    command = [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
+    return [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
+
+
+def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):
+    """`accelerate launch`: it reports any failure of the script as exit status 1."""
+    command = launch_command(*args, processes=processes)
     result = subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "WANDB_MODE": "offline"}
     )

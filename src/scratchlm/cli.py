@@ -114,6 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     speedrun.add_argument("--recipe", default="recipes/tiny")
     speedrun.set_defaults(run=run_speedrun)
 
+    push = commands.add_parser("push", help="upload a model directory or checkpoint to the Hugging Face Hub")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True, help="owner/name (created if absent)")
+    push.add_argument("--revision", help="branch to commit to (created from main if absent; default main)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.set_defaults(run=run_push)
+    pull = commands.add_parser("pull", help="download a Hub repository at a revision")
+    pull.add_argument("spec", metavar="ID[@REVISION]")
+    pull.add_argument("--out", required=True)
+    pull.set_defaults(run=run_pull)
+
     for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
         commands.add_parser(stage, help=f"trl {stage} --config RECIPE, checked before and laid out like a run after")
 
@@ -252,6 +263,18 @@ def run_speedrun(args) -> None:
     from .speedrun import speedrun
 
     speedrun(args.out, args.recipe)
+
+
+def run_push(args) -> None:
+    from .hub import push
+
+    print(f"pushed {args.folder}: {push(args.folder, args.repo_id, args.revision, args.private)}")
+
+
+def run_pull(args) -> None:
+    from .hub import pull
+
+    print(f"pulled {args.spec} into {pull(args.spec, args.out)}")
 
 
 def run_plan(args) -> None:

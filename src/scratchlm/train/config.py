@@ -14,6 +14,7 @@ from transformers import HfArgumentParser
 
 from ..config import convert, read_yaml, unknown_key_error
 from ..errors import ScratchError
+from ..hub import HUB_PREFIX, parse_repo_spec
 from .plan import Plan, resolve_plan
 
 SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
@@ -27,7 +28,8 @@ class PretrainConfig:
     seed: int = 0
 
     # The model: exactly one of a preset, a model YAML (ScratchConfig keys + optional preset), or
-    # weights to start from (an exported model directory or a training checkpoint: midtraining).
+    # weights to start from (an exported model directory or a training checkpoint: midtraining; either
+    # may be on the Hub: hub://owner/name@revision).
     model_preset: str = ""
     model_config: str = ""
     init_from: str = ""
@@ -85,6 +87,12 @@ class PretrainConfig:
     save_total_limit: int = 3
     milestones: list[int] = field(default_factory=list)  # steps whose checkpoints are never deleted
     export_format: str = "scratch"
+    # Hub backup: each checkpoint uploaded in the background to branch step_XXXXXXXX of hub_model_id,
+    # the export to main (see hub.py); the token comes from HF_TOKEN or `hf auth login`, never from here.
+    push_to_hub: bool = False
+    hub_model_id: str = ""  # owner/name
+    hub_private_repo: bool = True
+    hub_retry_seconds: float = 30.0  # first retry of a failed upload; doubles, 5 attempts in all
 
     # Monitoring
     logging_steps: int = 10
@@ -158,6 +166,7 @@ class PretrainConfig:
             "seq_len",
             "extend_to",
             "usd_per_gpu_hour",
+            "hub_retry_seconds",
             "peak_tflops",
             "tokens_per_step",
         ]
@@ -183,6 +192,19 @@ class PretrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 fail(f"'{name}' must be one of {', '.join(allowed)}, got '{getattr(self, name)}'")
+        if self.push_to_hub and not self.hub_model_id:
+            fail("push_to_hub needs 'hub_model_id' (owner/name)")
+        if "@" in self.hub_model_id:
+            fail("'hub_model_id' is a repository (owner/name): each checkpoint gets its own branch")
+        hub_specs = {"hub_model_id": self.hub_model_id}
+        if self.init_from.startswith(HUB_PREFIX):
+            hub_specs["init_from"] = self.init_from.removeprefix(HUB_PREFIX)
+        for name, spec in hub_specs.items():
+            try:
+                if spec:
+                    parse_repo_spec(spec)
+            except ScratchError as err:
+                fail(f"'{name}': {err}")
         if self.gradient_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true":
             fail(
                 "gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing are both on; use one"

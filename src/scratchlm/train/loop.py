@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from tqdm import tqdm
 
 from ..config import read_yaml
 from ..data.default import write_default
@@ -29,6 +30,7 @@ from ..eval.bpb import evaluate_bpb, token_byte_lengths
 from ..eval.chat import read_rows
 from ..eval.core import evaluate_core, load_bundle
 from ..eval.probes import probe_accuracy
+from ..hub import CheckpointUploader, check_write_access, resolve_model_source
 from ..model import ScratchConfig, ScratchForCausalLM
 from ..model.bitnet import bitnet_stats
 from ..model.files import attention_backend, save_model
@@ -61,6 +63,8 @@ def train(config: PretrainConfig) -> Path:
         )
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     run_dir = Path(config.output_dir)
+    if config.push_to_hub:  # a refused token is found now, not at the first checkpoint
+        check_write_access(config.hub_model_id, config.hub_private_repo)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
 
     # --- data --------------------------------------------------------------------------------------
@@ -123,6 +127,13 @@ def train(config: PretrainConfig) -> Path:
     describe(accelerator.print, plan, state, resume_from, model_config, world, bf16, shards)
     peak = config.peak_tflops * 1e12 or (peak_flops_of(torch.cuda.get_device_name(device)) if on_gpu else 0.0)
     token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
+    uploader = None
+    if config.push_to_hub and main:
+        uploader = CheckpointUploader(
+            config.hub_model_id, config.hub_private_repo, config.hub_retry_seconds, say=tqdm.write
+        )
+        if resume_from is not None:  # its upload may have been cut short (files already there are not sent again)
+            uploader.submit(resume_from, resume_from.name)
 
     def save(reason: str) -> None:
         trainer_state = {
@@ -134,8 +145,9 @@ def train(config: PretrainConfig) -> Path:
             "config": asdict(config),
             "reason": reason,
         }
+        path = ckpt.checkpoint_path(run_dir, state["step"])
         ckpt.save_checkpoint(
-            ckpt.checkpoint_path(run_dir, state["step"]),
+            path,
             raw_model,
             raw_optimizer,
             trainer_state,
@@ -144,6 +156,9 @@ def train(config: PretrainConfig) -> Path:
         )
         if main:
             keep = set(config.milestones) | schedule.forced_checkpoints()
+            if uploader:
+                uploader.submit(path, path.name)
+                keep |= {ckpt.checkpoint_step(p) for p in uploader.busy_folders()}  # not deleted under its upload
             ckpt.prune_checkpoints(run_dir, config.save_total_limit, keep)
 
     def evaluate() -> dict:
@@ -284,6 +299,10 @@ def train(config: PretrainConfig) -> Path:
         export(run_dir, raw_model, model_config, tokenizer, config.export_format, main)
         if main:
             write_model_card(run_dir, data_description(config.data_dir))
+            if uploader:
+                uploader.submit(run_dir / "export", "main")
+    if uploader:
+        uploader.finish()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
@@ -338,7 +357,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
 def load_initial_weights(source: str, tokenizer):
     """Midtraining starts from an exported model directory or a training checkpoint, whose tokenizer
     must be the one the new data was prepared with (else every token id means something else)."""
-    model, own_tokenizer = ckpt.load_model_from(source)
+    model, own_tokenizer = ckpt.load_model_from(resolve_model_source(source))
     if tokenizer_hash(own_tokenizer) != tokenizer_hash(tokenizer):
         raise ScratchError(
             f"init_from {source} was trained with another tokenizer than the one this run's data "
