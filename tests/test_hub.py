@@ -2,12 +2,15 @@
 `init_from: hub://`, through the real huggingface_hub client against tests/hub_stub.py (HF_ENDPOINT)."""
 
 import os
+import re
 import subprocess
 import time
 
 import pytest
 
 from hub_stub import HubStub
+from scratchlm.errors import ScratchError
+from scratchlm.train.config import PretrainConfig
 from test_pretrain import launch, launch_command, small_run, train_losses
 
 TOKEN = "hf_stubSECRET0123456789abcdef"
@@ -128,3 +131,17 @@ def test_training_backs_up_checkpoints_without_waiting_and_a_run_starts_from_hub
     result = launch(tmp_path / "d", "--config", str(refused), fails=True)
     assert "the Hub refused access to me/run (HTTP 401)" in result.stderr
     assert not (tmp_path / "d" / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ({"push_to_hub": True}, "config: push_to_hub needs 'hub_model_id' (owner/name)"),
+        ({"hub_model_id": "me/run@v1"}, "config: 'hub_model_id' is a repository (owner/name)"),
+        ({"hub_model_id": "run"}, "config: 'hub_model_id': 'run' is not a Hub repository"),
+        ({"model_preset": "", "init_from": "hub://me/run@"}, "config: 'init_from': 'me/run@' is not a Hub repository"),
+    ],
+)
+def test_hub_keys_are_checked_with_the_config(keys, message):
+    with pytest.raises(ScratchError, match=re.escape(message)):
+        PretrainConfig(**{"output_dir": "run", "data_dir": "shards", "model_preset": "tiny", "max_steps": 1, **keys})
