@@ -185,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--top-p", type=float, default=0.95)
     talk.add_argument("--seed", type=int, default=0)
     talk.set_defaults(run=run_chat)
+    playground = commands.add_parser("playground", help="a local web page: one prompt, several checkpoints' outputs")
+    playground.add_argument(
+        "--runs", nargs="+", required=True, help="run directories, or directories of runs (e.g. runs/tiny)"
+    )
+    playground.add_argument("--port", type=int, default=7860, help="0 picks a free port")
+    playground.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    playground.set_defaults(run=run_playground)
     return parser
 
 
@@ -424,6 +431,12 @@ def run_chat(args) -> None:
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)
     chat(model, tokenizer, sampling_options(args.temperature, args.top_k, args.top_p), args.max_new_tokens)
+
+
+def run_playground(args) -> None:
+    from .playground import serve
+
+    serve(args.runs, args.host, args.port)
 
 
 if __name__ == "__main__":
