@@ -18,7 +18,6 @@ def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
     if not tokenizer.chat_template:
         raise ScratchError("this model's tokenizer has no chat template: use `scratchlm generate` for plain text")
     interactive = sys.stdin.isatty()
-    stops = generation_config(tokenizer)  # end of document or of the assistant's turn, as every export says
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     model.eval()
     messages: list[dict] = []  # the conversation so far, rendered whole every turn
@@ -44,18 +43,26 @@ def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
             messages.pop()
             continue
         print("assistant> ", end="", flush=True)
-        with torch.no_grad():
-            output = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=stops.eos_token_id,
-                pad_token_id=stops.pad_token_id,
-                streamer=streamer,
-                **sampling,
-            )
-        reply = tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True).strip()
+        new = continuation(model, tokenizer, ids, max_new_tokens, sampling, streamer)
+        reply = tokenizer.decode(new, skip_special_tokens=True).strip()
         messages.append({"role": "assistant", "content": reply})
+
+
+def continuation(model, tokenizer, ids, max_new_tokens: int, sampling: dict, streamer=None) -> torch.Tensor:
+    """The token ids generated after `ids` (one sequence), stopping at the end of a document or of an
+    assistant turn, as every export's generation config says (a training checkpoint has none)."""
+    stops = generation_config(tokenizer)
+    with torch.no_grad():
+        output = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops.eos_token_id,
+            pad_token_id=stops.pad_token_id,
+            streamer=streamer,
+            **sampling,
+        )
+    return output[0, ids.shape[1] :]
 
 
 def sampling_options(temperature: float, top_k: int = 0, top_p: float = 1.0) -> dict:

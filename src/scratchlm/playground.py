@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .chat import sampling_options
+from .chat import continuation, sampling_options
 from .errors import ScratchError
-from .model.files import generation_config
 from .train.checkpoint import checkpoint_step, complete_checkpoints, load_model_from
 
 STAGES = ("pretrain", "mid", "midtrain", "sft", "dpo")  # runs in pipeline order, then any other by name
@@ -107,19 +106,9 @@ def generate(checkpoint: Checkpoint, prompt: str, max_new_tokens: int, temperatu
             f"the prompt ({ids.shape[1]} tokens) and max_new_tokens ({max_new_tokens}) do not fit "
             f"{checkpoint.label}'s context of {context} tokens"
         )
-    stops = generation_config(tokenizer)  # a training checkpoint has no generation config of its own
     torch.manual_seed(seed)
-    ids = ids.to(DEVICE)
-    with torch.no_grad():
-        output = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stops.eos_token_id,
-            pad_token_id=stops.pad_token_id,
-            **sampling_options(temperature),
-        )
-    return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True), chat
+    new = continuation(model, tokenizer, ids.to(DEVICE), max_new_tokens, sampling_options(temperature))
+    return tokenizer.decode(new, skip_special_tokens=True), chat
 
 
 def read_request(body: dict, checkpoints: list[Checkpoint]) -> tuple[list[Checkpoint], dict]:

@@ -301,10 +301,10 @@ def train(config: PretrainConfig) -> Path:
             write_model_card(run_dir, data_description(config.data_dir))
             if uploader:
                 uploader.submit(run_dir / "export", "main")
-    if uploader:
-        uploader.finish()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if uploader:  # after the last collective: the other ranks must not sit in a barrier (NCCL times out)
+        uploader.finish()
     return run_dir
 
 
