@@ -15,7 +15,8 @@ from conftest import random_documents
 from scratchlm.cli import main
 from scratchlm.data.sources import Source
 from scratchlm.errors import ScratchError
-from scratchlm.tokenization import BOS, EOS, IM_END, PAD, SPECIAL_TOKENS, check_tokenizer_fits, train_tokenizer
+from scratchlm.model.files import load_model, save_model
+from scratchlm.tokenization import BOS, EOS, IM_END, PAD, check_tokenizer_fits, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "tokenizer"
@@ -28,7 +29,7 @@ def test_saved_tokenizer_loads_offline_with_special_tokens(tokenizer_dir):
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (BOS, EOS, PAD)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     spec_tokens = list(json.loads((SPEC / "special_tokens.json").read_text()).values())
-    assert tokenizer.convert_tokens_to_ids(spec_tokens) == list(range(len(spec_tokens))) and spec_tokens == SPECIAL_TOKENS
+    assert tokenizer.convert_tokens_to_ids(spec_tokens) == list(range(len(spec_tokens)))  # the file's order: the ids
     ids = tokenizer("Hello world").input_ids
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
@@ -185,11 +186,12 @@ def load_fresh(directory, tmp_path, **kwargs) -> dict:
 
 def test_tokenizers_load_with_no_model_code(tokenizer_dir, small_model_dir, tmp_path):
     expected = AutoTokenizer.from_pretrained(tokenizer_dir)("Hello world").input_ids
-    plain = load_fresh(tokenizer_dir, tmp_path)  # a trained tokenizer directory: no config.json, nothing to ask
+    save_model(*load_model(small_model_dir), tmp_path / "llama", format="llama")
+    plain = [load_fresh(tokenizer_dir, tmp_path), load_fresh(tmp_path / "llama", tmp_path)]  # nothing to ask
     # A `scratch` export: transformers 5 reads config.json (our auto_map) before tokenizer_config.json and
     # would ask whether to run the model's code; trust_remote_code=False says no up front (tokenizer/README.md).
     export = load_fresh(small_model_dir, tmp_path, trust_remote_code=False)
-    for loaded in (plain, export):
+    for loaded in (*plain, export):
         assert loaded["ids"] == expected and loaded["ids"][0] == 0  # the same tokens, BOS first
         assert loaded["template"] == (SPEC / "chat_template.jinja").read_text() and loaded["imported"] == []
 
