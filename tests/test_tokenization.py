@@ -223,10 +223,10 @@ def test_installed_wheel_carries_the_spec(tmp_path):
 import json, sys, scratchlm
 from transformers import AutoTokenizer
 from scratchlm.tokenization import SPEC, train_tokenizer
-train_tokenizer([{random_documents(50)!r}[i % 50] for i in range(200)], 400, "tok")
+train_tokenizer({random_documents(50)!r} * 4, 400, "tok")
 tokenizer = AutoTokenizer.from_pretrained("tok")
 golden = json.loads(SPEC.joinpath("golden_conversation.json").read_text())
-print(json.dumps({{"module": scratchlm.__file__, "size": len(tokenizer),
+print(json.dumps({{"module": scratchlm.__file__, "spec": str(SPEC), "size": len(tokenizer),
                   "rendered": tokenizer.apply_chat_template(golden["messages"], tokenize=False)}}))
 """
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}  # the installed copy, ahead of any checkout
@@ -235,5 +235,5 @@ print(json.dumps({{"module": scratchlm.__file__, "size": len(tokenizer),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert Path(out["module"]).is_relative_to(tmp_path / "site")
+    assert Path(out["module"]).is_relative_to(tmp_path / "site") and Path(out["spec"]).is_relative_to(tmp_path / "site")
     assert out["size"] == 400 and out["rendered"] == GOLDEN["rendered"]

@@ -1,9 +1,8 @@
 """Train, save and check tokenizers: byte-level BPE with our special tokens and chat template.
 
 Every tokenizer scratchlm trains has the same shape, so every later stage can rely on it. The shape is
-data, not code: the repository's top-level `tokenizer/` folder (shipped inside the package as
-`scratchlm/tokenizer/`) holds the special tokens, the split pattern and the chat template, and its
-README says why each is what it is:
+data: the special tokens, split pattern and chat template in the repository's `tokenizer/` (shipped in
+the package as `scratchlm/tokenizer/`), whose README says why each is what it is. In short:
 - `<|bos|>` is prepended by the tokenizer itself (as Llama's does): plain `tokenizer(text)`,
   pipelines and lm-eval all see the BOS that pretraining documents start with;
 - `<|endoftext|>` (eos) ends every document and stops base-model generation;
@@ -32,7 +31,10 @@ def read_spec(name: str) -> str:
     try:
         return SPEC.joinpath(name).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScratchError(f"the tokenizer spec {SPEC / name} is missing: reinstall scratchlm") from None
+        raise ScratchError(
+            f"the tokenizer spec {SPEC / name} is missing (scratchlm/tokenizer is a link to the repository's "
+            "tokenizer/ folder, whose files every install copies)"
+        ) from None
 
 
 _SPECIAL = json.loads(read_spec("special_tokens.json"))
@@ -51,8 +53,9 @@ def chat_template() -> str:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> dict:
     """Train on `texts`, save an HF tokenizer directory, and return what was measured."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ScratchError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least 262")
+    smallest = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the special tokens and one merge
+    if vocab_size < smallest:
+        raise ScratchError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least {smallest}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
