@@ -126,8 +126,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise ScratchError(f"{path} is not a tokenizer directory (no tokenizer.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     # from_pretrained notes how it found the files (`is_local`, and `local_files_only: true` under
-    # HF_HUB_OFFLINE) among the init arguments, which save_pretrained then writes into every
-    # tokenizer_config.json we export: a Hub user's download would carry our offline flag.
+    # HF_HUB_OFFLINE) among the init arguments, and save_pretrained would write them into every
+    # tokenizer_config.json we export: flags about our machine, not about the tokenizer.
     for key in ("is_local", "local_files_only"):
         tokenizer.init_kwargs.pop(key, None)
     return tokenizer
