@@ -168,32 +168,36 @@ def refuse(prompt=""):
     raise SystemExit("asked: " + prompt.strip().splitlines()[-1])
 builtins.input = refuse
 from transformers import AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], **json.loads(sys.argv[2]))
-print(json.dumps({"ids": tokenizer("Hello world").input_ids, "template": tokenizer.chat_template,
-                  "imported": sorted(m for m in sys.modules if m.startswith(("scratchlm", "transformers_modules")))}))
+loaded = []
+for directory, kwargs in json.loads(sys.argv[1]):
+    tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+    loaded.append({"ids": tokenizer("Hello world").input_ids, "template": tokenizer.chat_template})
+imported = sorted(m for m in sys.modules if m.startswith(("scratchlm", "transformers_modules")))
+print(json.dumps({"loaded": loaded, "imported": imported}))
 """
 
 
-def load_fresh(directory, tmp_path, **kwargs) -> dict:
+def test_tokenizers_load_with_no_model_code(tokenizer_dir, small_model_dir, tmp_path):
+    save_model(*load_model(small_model_dir), tmp_path / "llama", format="llama")
+    loads = [
+        (str(tokenizer_dir), {}),  # what `tokenizer train` writes: no config.json, nothing to ask
+        (str(tmp_path / "llama"), {}),  # a stock llama config: nothing to ask either
+        # A `scratch` export: transformers 5 reads config.json (our auto_map) before tokenizer_config.json and
+        # would ask whether to run the model's code; trust_remote_code=False says no up front (tokenizer/README.md).
+        (str(small_model_dir), {"trust_remote_code": False}),
+    ]
     result = subprocess.run(
-        [sys.executable, "-c", FRESH_LOAD, str(directory), json.dumps(kwargs)],
+        [sys.executable, "-c", FRESH_LOAD, json.dumps(loads)],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env={**os.environ, "HF_HOME": str(tmp_path / "hf_home")},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_tokenizers_load_with_no_model_code(tokenizer_dir, small_model_dir, tmp_path):
+    out = json.loads(result.stdout.strip().splitlines()[-1])
     expected = AutoTokenizer.from_pretrained(tokenizer_dir)("Hello world").input_ids
-    save_model(*load_model(small_model_dir), tmp_path / "llama", format="llama")
-    plain = [load_fresh(tokenizer_dir, tmp_path), load_fresh(tmp_path / "llama", tmp_path)]  # nothing to ask
-    # A `scratch` export: transformers 5 reads config.json (our auto_map) before tokenizer_config.json and
-    # would ask whether to run the model's code; trust_remote_code=False says no up front (tokenizer/README.md).
-    export = load_fresh(small_model_dir, tmp_path, trust_remote_code=False)
-    for loaded in (*plain, export):
+    assert len(out["loaded"]) == 3 and out["imported"] == []
+    for loaded in out["loaded"]:
         assert loaded["ids"] == expected and loaded["ids"][0] == 0  # the same tokens, BOS first
-        assert loaded["template"] == (SPEC / "chat_template.jinja").read_text() and loaded["imported"] == []
+        assert loaded["template"] == (SPEC / "chat_template.jinja").read_text()
 
 
 def test_exported_tokenizer_config_keeps_no_loading_flags(small_model_dir):
