@@ -85,11 +85,11 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
         )
     if out.exists():
         raise ScratchError(f"{out} exists but holds no manifest.json; prepare into another directory")
-    for source in config.sources:  # every source fails now, not after hours on the first ones
+    check_disjoint(config.sources)  # every source fails now, not after hours on the first ones
+    for source in config.sources:
         source.check()
         if source.max_documents and config.val_every > source.max_documents:
             raise _no_validation(source, source.max_documents, config)
-    check_disjoint(config.sources)
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -97,20 +97,11 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     tokenizer.save_pretrained(str(partial / "tokenizer"))
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
-    total_weight = sum(s.weight for s in config.sources)
-    sources = []
-    processes = config.num_proc or os.cpu_count() or 1
-    workers = (
-        Pool(processes, _init_worker, (config.tokenizer, False)) if processes > 1 else _InProcess(config.tokenizer)
-    )
-    with workers as pool:
-        for source in config.sources:
-            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress)
-            if counts["train"]["tokens"] == 0:
-                raise ScratchError(f"source '{source.name}' gave no training tokens")
-            if config.val_every and counts["val"]["documents"] == 0:
-                raise _no_validation(source, counts["train"]["documents"], config)
-            sources.append({**asdict(source), "weight": source.weight / total_weight, **counts})
+    try:
+        sources = _prepare_sources(config, partial, dtype, progress)
+    except ScratchError:  # a bad row or a source too small: nothing half-made is left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - start
     manifest = {
         "version": MANIFEST_VERSION,
@@ -127,6 +118,24 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
     partial.rename(out)
     return manifest
+
+
+def _prepare_sources(config: PrepareConfig, partial: Path, dtype, progress: bool) -> list[dict]:
+    total_weight = sum(s.weight for s in config.sources)
+    sources = []
+    processes = config.num_proc or os.cpu_count() or 1
+    workers = (
+        Pool(processes, _init_worker, (config.tokenizer, False)) if processes > 1 else _InProcess(config.tokenizer)
+    )
+    with workers as pool:
+        for source in config.sources:
+            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress)
+            if counts["train"]["tokens"] == 0:
+                raise ScratchError(f"source '{source.name}' gave no training tokens")
+            if config.val_every and counts["val"]["documents"] == 0:
+                raise _no_validation(source, counts["train"]["documents"], config)
+            sources.append({**asdict(source), "weight": source.weight / total_weight, **counts})
+    return sources
 
 
 def _no_validation(source: Source, documents: int, config: PrepareConfig) -> ScratchError:
@@ -150,7 +159,7 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
     batches = _batches(source.values(), config.batch_documents)
     jobs = ((source, batch) for batch in batches)
     bar = tqdm(desc=f"prepare {source.name}", unit=" docs", disable=not progress, total=source.max_documents)
-    with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+    with bar, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
         index = 0
         for docs in pool.imap(_encode_batch, jobs):
             for ids, n_bytes in docs:
@@ -162,7 +171,6 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
                 counts[split]["bytes"] += n_bytes
             bar.update(len(docs))
             bar.set_postfix(tokens=f"{counts['train']['tokens'] + counts['val']['tokens']:,}", refresh=False)
-    bar.close()
     return counts
 
 

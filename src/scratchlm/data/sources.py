@@ -226,7 +226,7 @@ def check_conversation(messages, source: Source, row: int) -> None:
                 f"source '{source}' row {row}: unknown role {role!r}{hint}; roles are {', '.join(ROLES)}"
             )
         if not isinstance(content, str) or (role == "assistant" and not content.strip()):
-            raise ScratchError(f"source '{source}' row {row}: a {role} message without content")
+            raise ScratchError(f"source '{source}' row {row}: {role} message without content")
 
 
 def check_disjoint(sources: list[Source]) -> None:
