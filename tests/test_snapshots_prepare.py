@@ -168,6 +168,7 @@ def test_a_folder_of_python_files_is_one_document_per_file(tmp_path, capsys, def
     files = {
         "a1b2.py": 'def greet(name):\n    """Say hello."""\n    return f"Hello, {name}!"\n',
         "pkg/c3d4.py": "import math\n\n\ndef area(r):\n    return math.pi * r * r\n\n\nprint(area(2))\n",
+        "test_greet.py": "from a1b2 import greet\n\n\ndef test_greet():\n    assert greet('Ada') == 'Hello, Ada!'\n",
         "pkg/__pycache__/c3d4.cpython-311.pyc": "not source",
     }
     for name, text in files.items():
@@ -175,7 +176,8 @@ def test_a_folder_of_python_files_is_one_document_per_file(tmp_path, capsys, def
         (code_dir / name).write_text(text)
     code, out = run_prepare(tmp_path, default_tokenizer, [{"path": str(code_dir)}])
     assert code == 0, capsys.readouterr().err
-    assert documents(out, "python-edu", tokenizer) == [files["a1b2.py"], files["pkg/c3d4.py"]]
+    expected = [files[name] for name in ("a1b2.py", "pkg/c3d4.py", "test_greet.py")]  # test_*.py is code, not a split
+    assert documents(out, "python-edu", tokenizer) == expected
 
 
 def test_files_with_other_columns_are_refused_naming_the_file(tmp_path, capsys, hub, default_tokenizer):
@@ -245,7 +247,7 @@ def test_prepare_before_a_tokenizer_exists_says_how_to_make_one(tmp_path, capsys
         ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}],
          "row 3: assistant message without content"),
         ([{"role": "user", "content": "Hi"}, {"role": "assistant"}], "row 3: assistant message without content"),
-        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}], "row 3: assistant message without"),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}], "row 3: assistant message"),
     ],
 )  # fmt: skip
 def test_chat_rows_with_unknown_roles_or_no_reply_are_refused_naming_the_row(

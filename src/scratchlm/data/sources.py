@@ -9,6 +9,7 @@ for, and none twice:
 - Any other folder, and a glob, is a dataset of the files it holds (hidden files, README.md and metadata
   files are never data). Files named by split as the Hub names them (train-*, test-*, data/<split>/...)
   are read only for their `split`; `config` names a subfolder. Anything else asked of them is an error.
+  A folder of Python files is code, read whole.
 - A file is read whole. Text files (.txt, .md, .py) are one document each.
 - The files of one source must share their columns, and no two sources may read the same file or the
   same bytes (`check_disjoint`).
@@ -187,8 +188,8 @@ class Source:
     def _split_of(self, base: Path, files: list[str]) -> list[str]:
         """The files of `split`, when the files are named by split the way the Hub names them."""
         patterns = get_data_patterns(str(base))
-        if list(patterns.values()) == [["**"]]:  # no split names: all of it is train
-            splits = {"train": files}
+        if list(patterns.values()) == [["**"]] or all(f.endswith(".py") for f in files):
+            splits = {"train": files}  # no split names (in code, test_x.py names a file, not a split)
         else:
             chosen = set(files)
             splits = {}
