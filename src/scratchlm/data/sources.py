@@ -23,6 +23,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from difflib import get_close_matches
@@ -31,8 +32,8 @@ from pathlib import Path
 import datasets
 import fsspec
 import pyarrow.parquet as pq
+import yaml
 from datasets.data_files import FILES_TO_IGNORE, DataFilesList, get_data_patterns, resolve_pattern
-from huggingface_hub import DatasetCard
 
 from ..errors import ScratchError
 
@@ -269,15 +270,17 @@ def _is_saved(path: Path) -> bool:
 
 
 def _card_configs(path: Path) -> list[str]:
-    """The config names a downloaded snapshot's dataset card defines ([] for anything else)."""
+    """The config names a downloaded snapshot's dataset card defines in its YAML front matter ([] if none)."""
     card = path / "README.md"
     if not path.is_dir() or not card.is_file():
         return []
+    front = re.match(r"---\s*\n(.*?)\n---\s*(\n|$)", card.read_text(encoding="utf-8"), re.DOTALL)
     try:
-        configs = DatasetCard.load(card).data.to_dict().get("configs") or []
-    except ValueError as err:  # front matter that is not YAML
-        raise ScratchError(f"{card}: the dataset card cannot be read: {_one_line(err)}") from None
-    return [c["config_name"] for c in configs if isinstance(c, dict) and "config_name" in c]
+        metadata = yaml.safe_load(front.group(1)) if front else {}
+    except yaml.YAMLError as err:
+        raise ScratchError(f"{card}: the dataset card's front matter is not YAML: {_one_line(err)}") from None
+    configs = metadata.get("configs") if isinstance(metadata, dict) else None
+    return [c["config_name"] for c in configs or [] if isinstance(c, dict) and "config_name" in c]
 
 
 def _is_data_file(path: Path, base: Path | None = None, directory: bool = False) -> bool:
