@@ -182,8 +182,14 @@ def test_a_folder_of_python_files_is_one_document_per_file(tmp_path, capsys, def
 
 def test_files_with_other_columns_are_refused_naming_the_file(tmp_path, capsys, hub, default_tokenizer):
     code, out = run_prepare(tmp_path, default_tokenizer, [{"path": str(hub["smoltalk"] / "data"), "format": "chat"}])
-    refused(capsys, code, out, "everyday-conversations/train-00000-of-00001.parquet' has other columns than",
+    refused(capsys, code, out, "everyday-conversations/train-00000-of-00001.parquet' does not have the columns of",
             "data/all/train-00000-of-00002.parquet", "only in the first: source (string)")  # fmt: skip
+    pages = tmp_path / "pages"  # JSON lines: the first file's types are what datasets casts the rest to
+    pages.mkdir()
+    (pages / "a.jsonl").write_text(json.dumps({"text": "A page on tides.", "author": None}) + "\n")
+    (pages / "b.jsonl").write_text(json.dumps({"text": "A page on glaciers.", "author": "Ada"}) + "\n")
+    code, out = run_prepare(tmp_path, default_tokenizer, [{"path": str(pages)}])
+    refused(capsys, code, out, "b.jsonl' does not have the columns of", "types differ: author: null vs string")
 
 
 # --- the same data twice --------------------------------------------------------------------------

@@ -21,7 +21,6 @@ or for a bad row, with its row number (counting from 0, as `dataset[i]` does).
 
 import glob
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ from difflib import get_close_matches
 from pathlib import Path
 
 import datasets
-import fsspec
+import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import yaml
 from datasets.data_files import FILES_TO_IGNORE, DataFilesList, get_data_patterns, resolve_pattern
@@ -327,24 +327,23 @@ def _check_same_columns(files: list[str], source: Source) -> None:
                                      ("types differ:", changed)) if items
             )  # fmt: skip
             raise ScratchError(
-                f"source '{source}': '{file}' has other columns than '{first}' ({differences}); "
+                f"source '{source}': '{file}' does not have the columns of '{first}' ({differences}); "
                 "give each kind of file its own source"
             )
 
 
 def _columns(file: str) -> dict[str, str] | None:
-    """Column names and types: parquet from its footer, JSON lines from the first row; None for text."""
+    """Column names and types: parquet from its footer, JSON lines as `datasets` infers them (from the
+    first block; the first file's types are what the others are cast to); None for text."""
     kind = BUILDERS.get(_suffix(Path(file)))
     if kind == "parquet":
         return {field.name: str(field.type) for field in pq.read_schema(file)}
     if kind == "json":
-        with fsspec.open(file, "rt", compression="infer", encoding="utf-8") as f:
-            line = f.readline()
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a JSON document, not JSON lines: its first line says nothing
+            with pa.input_stream(file, compression="detect") as stream:
+                return {field.name: str(field.type) for field in pa_json.open_json(stream).schema}
+        except pa.ArrowException:  # empty, a JSON document rather than lines, or a compression arrow lacks
             return None
-        return {key: type(value).__name__ for key, value in row.items()} if isinstance(row, dict) else None
     return None
 
 
