@@ -169,6 +169,8 @@ def test_a_folder_of_python_files_is_one_document_per_file(tmp_path, capsys, def
         "a1b2.py": 'def greet(name):\n    """Say hello."""\n    return f"Hello, {name}!"\n',
         "pkg/c3d4.py": "import math\n\n\ndef area(r):\n    return math.pi * r * r\n\n\nprint(area(2))\n",
         "test_greet.py": "from a1b2 import greet\n\n\ndef test_greet():\n    assert greet('Ada') == 'Hello, Ada!'\n",
+        "pkg/__init__.py": "from .c3d4 import area\n",
+        "pkg/empty.py": "",
         "pkg/__pycache__/c3d4.cpython-311.pyc": "not source",
     }
     for name, text in files.items():
@@ -176,8 +178,8 @@ def test_a_folder_of_python_files_is_one_document_per_file(tmp_path, capsys, def
         (code_dir / name).write_text(text)
     code, out = run_prepare(tmp_path, default_tokenizer, [{"path": str(code_dir)}])
     assert code == 0, capsys.readouterr().err
-    expected = [files[name] for name in ("a1b2.py", "pkg/c3d4.py", "test_greet.py")]  # test_*.py is code, not a split
-    assert documents(out, "python-edu", tokenizer) == expected
+    expected = [files[name] for name in ("a1b2.py", "pkg/__init__.py", "pkg/c3d4.py", "test_greet.py")]
+    assert documents(out, "python-edu", tokenizer) == expected  # test_*.py is code, not a split
 
 
 def test_files_with_other_columns_are_refused_naming_the_file(tmp_path, capsys, hub, default_tokenizer):

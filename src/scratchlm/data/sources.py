@@ -247,7 +247,8 @@ def check_disjoint(sources: list[Source]) -> None:
             if real in owner:
                 raise ScratchError(f"{_pair(owner[real], source)} read the same file '{file}'")
             owner[real] = source
-            by_size.setdefault(os.path.getsize(real), []).append(real)
+            if size := os.path.getsize(real):  # empty files give no document
+                by_size.setdefault(size, []).append(real)
     for same_size in by_size.values():
         seen = {}
         for real in same_size if len(same_size) > 1 else []:
@@ -285,8 +286,8 @@ def _card_configs(path: Path) -> list[str]:
 
 def _is_data_file(path: Path, base: Path | None = None, directory: bool = False) -> bool:
     """Not hidden (the download's .cache/, .gitattributes), not a card or metadata file, of a known type."""
-    parts = path.relative_to(base).parts if base else path.parts[-1:]
-    if any(p.startswith((".", "__")) for p in parts):
+    *folders, name = path.relative_to(base).parts if base else path.parts[-1:]
+    if name.startswith(".") or any(p.startswith((".", "__")) for p in folders):  # as datasets skips them
         return False
     return directory or (path.name not in FILES_TO_IGNORE and _suffix(path) in BUILDERS)
 
