@@ -111,6 +111,17 @@ def test_a_snapshot_refuses_what_its_card_does_not_define(tmp_path, capsys, hub,
     refused(capsys, code, out, message, f"source '{source['path']}")
 
 
+def test_tokenizer_training_names_a_snapshot_config_as_it_names_a_hub_one(tmp_path, capsys, hub):
+    web, math = f"{hub['fineweb-edu']}:sample-10BT", f"{hub['finemath']}:finemath-4plus"  # DIR[:config][@split]
+    out = ["--vocab-size", "300", "--out", str(tmp_path / "tok")]
+    assert main(["tokenizer", "train", "--input", web, math, *out]) == 0
+    stats = json.loads(capsys.readouterr().out.split(": ", 1)[1])
+    assert stats["documents"] == snapshots.FINEWEB_EDU_ROWS["sample-10BT"] + snapshots.FINEMATH_ROWS["finemath-4plus"]
+    chat = f"{hub['smoltalk']}:all@test"
+    assert main(["tokenizer", "train", "--input", chat, *out]) == 2  # its conversations hold no text column
+    assert f"source '{chat}' has no column 'text' (columns: messages, source)" in capsys.readouterr().err
+
+
 # --- without a card: a folder's own files, its split, a config only as a subfolder -------------------
 
 
