@@ -17,16 +17,46 @@ def prepare_environment() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation, fewer OOMs
     follow_the_launcher()
     if not torch.cuda.is_available():
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # Without this, accelerate leaves each CPU process training alone on the same data.
-            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-        # `accelerate launch` pins every process to one thread (OMP_NUM_THREADS=1): share the cores instead.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        torch.set_num_threads(cpu_threads())
     if torch.cuda.device_count() > 1:
         for name, value in nccl_settings(peer_access(), has_infiniband(), os.environ).items():
             os.environ[name] = value
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 print(f"scratchlm: set {name}={value} ({NCCL_REASONS[name]})")
+
+
+LAUNCHERS = (b"accelerate", b"torchrun", b"torch.distributed.run")
+
+
+def cpu_threads() -> int:
+    """The threads a CPU process computes with: what the user asked for (OMP_NUM_THREADS, or accelerate's
+    --num_cpu_threads_per_process), else the cores shared among this machine's processes. The launchers set
+    OMP_NUM_THREADS=1 themselves when nobody asked; that 1 is theirs, not the user's, and does not count."""
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if asked.isdigit() and int(asked) > 0 and (asked != "1" or _user_asked_for_threads()):
+        return int(asked)
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def _user_asked_for_threads() -> bool:
+    """Walks up the launchers (accelerate, torchrun): a thread flag on one of them, or OMP_NUM_THREADS in the
+    environment the outermost one was started with."""
+    pid, started_with = os.getppid(), None
+    for _ in range(4):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if not any(part.endswith(LAUNCHERS) for part in command):
+            break
+        if b"--num_cpu_threads_per_process" in command:
+            return True
+        pid, started_with = parent, environment
+    if started_with is None:  # not under a launcher: the variable is the user's
+        return True
+    return any(line.startswith(b"OMP_NUM_THREADS=") for line in started_with)
 
 
 def follow_the_launcher() -> None:
