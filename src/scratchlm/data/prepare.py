@@ -30,9 +30,8 @@ from tqdm import tqdm
 from ..config import from_mapping
 from ..errors import ScratchError
 from ..tokenization import load_tokenizer, tokenizer_hash
+from .shards import MANIFEST_VERSION
 from .sources import Source, check_disjoint
-
-MANIFEST_VERSION = 1
 
 
 @dataclass

@@ -14,9 +14,7 @@ import torch
 import yaml
 
 from ..config import read_yaml
-from ..data.default import write_default
 from ..data.loader import WindowLoader
-from ..data.prepare import prepare, read_prepare_config
 from ..data.shards import TokenShards
 from ..errors import ScratchError
 from ..hub import CheckpointUploader, check_write_access, resolve_model_source
@@ -271,7 +269,11 @@ def print_main(world: World, message: str) -> None:
 
 
 def prepare_data(config: PretrainConfig) -> None:
-    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards."""
+    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards. (Imported
+    here: `datasets` is needed only to prepare data, and a GPU machine may hold shards and no `datasets`.)"""
+    from ..data.default import write_default
+    from ..data.prepare import prepare, read_prepare_config
+
     if config.default_data and not (Path(config.default_data) / "probes.jsonl").is_file():
         write_default(config.default_data)
     if not config.data_config:

@@ -75,9 +75,11 @@ def start_world(timeout_minutes: float = 30) -> World:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if (size > 1 or fsdp) and not dist.is_initialized():  # FSDP2 shards over a process group, even of one
+        for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(name, value)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     if fsdp and os.environ.get("FSDP_VERSION", "2") != "2":
         raise ScratchError(
             "the accelerate config asks for FSDP version 1: scratchlm shards with FSDP2 (fsdp_version: 2)"
