@@ -349,18 +349,18 @@ def run_report(args) -> None:
 
 def run_eval_chat(args) -> None:
     from .eval.chat import chat_eval, read_rows
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     _report(chat_eval(model, tokenizer, read_rows(args.data, ("messages", "answer")), args.max_new_tokens), args.out)
 
 
 def run_eval_preference(args) -> None:
     from .eval.chat import preference_eval, read_rows
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
-    reference = load_model(args.reference, with_tokenizer=False)[0] if args.reference else None
+    model, tokenizer = load_for_evaluation(args.model)
+    reference = load_for_evaluation(args.reference, with_tokenizer=False)[0] if args.reference else None
     rows = read_rows(args.data, ("prompt", "chosen", "rejected"))
     _report(preference_eval(model, tokenizer, rows, reference, args.beta), args.out)
 
@@ -368,9 +368,9 @@ def run_eval_preference(args) -> None:
 def run_eval_bpb(args) -> None:
     from .data.shards import TokenShards
     from .eval.bpb import evaluate_bpb, token_byte_lengths
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     shards = TokenShards(args.data, tokenizer)
     seq_len = args.seq_len or model.config.max_position_embeddings
     token_bytes = token_byte_lengths(tokenizer, model.config.vocab_size)
@@ -381,12 +381,12 @@ def run_eval_core(args) -> None:
     from accelerate import PartialState
 
     from .eval.core import evaluate_core, load_bundle
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
     state = PartialState()  # under `accelerate launch`, the processes split the items
     tasks = load_bundle(args.bundle)
-    model, tokenizer = load_model(args.model)
-    result = evaluate_core(model.to(state.device), tokenizer, tasks, args.max_per_task, args.batch_size)
+    model, tokenizer = load_for_evaluation(args.model, device=state.device)
+    result = evaluate_core(model, tokenizer, tasks, args.max_per_task, args.batch_size)
     if state.is_main_process:
         _report(result, args.out)
 
@@ -394,10 +394,10 @@ def run_eval_core(args) -> None:
 def run_eval_probes(args) -> None:
     from .eval.chat import read_rows
     from .eval.probes import probe_accuracy
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
     rows = read_rows(args.data, ("prompt", "answer"))
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     _report(probe_accuracy(model, tokenizer, rows), args.out)
 
 
@@ -412,11 +412,11 @@ def run_generate(args) -> None:
     import torch
 
     from .chat import sampling_options
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     torch.manual_seed(args.seed)
-    inputs = tokenizer(args.prompt, return_tensors="pt")
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling_options(args.temperature))
     print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
 
@@ -425,9 +425,9 @@ def run_chat(args) -> None:
     import torch
 
     from .chat import chat, sampling_options
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     torch.manual_seed(args.seed)
     chat(model, tokenizer, sampling_options(args.temperature, args.top_k, args.top_p), args.max_new_tokens)
 
