@@ -80,7 +80,8 @@ class TrainingSetup:
 class MemoryEstimate:
     terms: dict[str, int]  # bytes, each term of the allocated peak
     allocated_peak: int  # comparable to torch.cuda.max_memory_allocated
-    device_peak: int  # plus CUDA context and allocator slack: what must fit the card
+    context: int  # CUDA context (and NCCL's buffers), outside torch's allocator
+    device_peak: int  # allocated peak + allocator slack + context: what must fit the card
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -309,7 +310,7 @@ def estimate_memory(setup: TrainingSetup) -> MemoryEstimate:
     terms["transient"] = max(loss_transient, backward_transient_bytes(dim, setup, counts))
     allocated = sum(terms.values())
     context = CUDA_CONTEXT_BYTES + (NCCL_BYTES if setup.world_size > 1 else 0)
-    return MemoryEstimate(terms, allocated, math.ceil(allocated * (1 + ALLOCATOR_SLACK)) + context)
+    return MemoryEstimate(terms, allocated, context, math.ceil(allocated * (1 + ALLOCATOR_SLACK)) + context)
 
 
 def gib(n: int) -> str:
@@ -324,26 +325,30 @@ def describe_estimate(estimate: MemoryEstimate, capacity: int, where: str = "") 
     lines.append(f"  {'allocated peak':15s} {gib(estimate.allocated_peak):>10s}")
     lines.append(
         f"  {'device peak':15s} {gib(estimate.device_peak):>10s}  (+{ALLOCATOR_SLACK:.0%} allocator slack, "
-        f"{gib(estimate.device_peak - math.ceil(estimate.allocated_peak * (1 + ALLOCATOR_SLACK)))} CUDA context"
-        f"{' and NCCL' if estimate.device_peak - estimate.allocated_peak > CUDA_CONTEXT_BYTES * 1.5 else ''}) of "
-        f"{gib(capacity)}: {estimate.device_peak / capacity:.0%}"
+        f"{gib(estimate.context)} CUDA context{' and NCCL' if estimate.context > CUDA_CONTEXT_BYTES else ''}) "
+        f"of {gib(capacity)}: {estimate.device_peak / capacity:.0%}"
     )
     return "\n".join(lines)
 
 
-def settings_that_fit(setup: TrainingSetup, capacity: int, headroom: float = 0.0) -> list[str]:
-    """Settings that keep tokens per step and fit `capacity` (less `headroom`), cheapest first: a smaller
-    micro-batch with more accumulation, then activation checkpointing."""
+def settings_that_fit(setup: TrainingSetup, capacity: int, headroom: float = 0.0, tokens_per_step: bool = False):
+    """Settings with the same tokens per step that fit `capacity` less `headroom`: the largest
+    micro-batch that fits as the run is, and the largest with activation checkpointing. With
+    tokens_per_step the accumulation follows the micro-batch."""
     budget = capacity * (1 - headroom)
     per_step = setup.micro_batch * setup.accumulation
     options = []
     for checkpointing in sorted({setup.gradient_checkpointing, True}):
-        for micro in sorted((m for m in range(1, setup.micro_batch + 1) if per_step % m == 0), reverse=True):
-            trial = replace(setup, micro_batch=micro, accumulation=per_step // micro, gradient_checkpointing=checkpointing)
-            if trial == setup:
-                continue
-            if estimate_memory(trial).device_peak <= budget:
-                words = f"per_device_train_batch_size {micro}, gradient_accumulation_steps {per_step // micro}"
+        for micro in sorted((m for m in range(1, per_step + 1) if per_step % m == 0), reverse=True):
+            trial = replace(setup, micro_batch=micro, accumulation=per_step // micro)
+            trial = replace(trial, gradient_checkpointing=checkpointing)
+            if trial != setup and estimate_memory(trial).device_peak <= budget:
+                accumulation = per_step // micro
+                words = f"per_device_train_batch_size {micro}" + (
+                    f" (accumulation {accumulation})"
+                    if tokens_per_step
+                    else f", gradient_accumulation_steps {accumulation}"
+                )
                 if checkpointing != setup.gradient_checkpointing:
                     words += ", gradient_checkpointing: true"
                 options.append(words)
@@ -351,18 +356,16 @@ def settings_that_fit(setup: TrainingSetup, capacity: int, headroom: float = 0.0
     return options
 
 
-def check_fits(setup: TrainingSetup, capacity: int, device: str) -> MemoryEstimate:
+def check_fits(setup: TrainingSetup, capacity: int, device: str, tokens_per_step: bool = False) -> MemoryEstimate:
     """The estimate, or a ScratchError with it, the capacity and the settings that would fit."""
     estimate = estimate_memory(setup)
     if estimate.device_peak <= capacity:
         return estimate
-    advice = settings_that_fit(setup, capacity)
+    advice = settings_that_fit(setup, capacity, tokens_per_step=tokens_per_step)
+    terms = ", ".join(f"{name} {gib(value)}" for name, value in estimate.terms.items())
     raise ScratchError(
-        f"this run needs about {gib(estimate.device_peak)} per GPU and {device} has {gib(capacity)} "
-        f"(weights {gib(estimate.terms['weights'])}, gradients {gib(estimate.terms['gradients'])}, optimizer "
-        f"{gib(estimate.terms['optimizer'])}, activations {gib(estimate.terms['activations'])}, loss "
-        f"{gib(estimate.terms['loss_saved'] + estimate.terms['transient'])}); "
-        + ("would fit, same tokens per step: " + " or ".join(advice) if advice else "no micro-batch fits this GPU")
+        f"this run needs about {gib(estimate.device_peak)} per GPU and the {device} has {gib(capacity)} ({terms}); "
+        + ("same tokens per step that would fit: " + " or ".join(advice) if advice else "no micro-batch fits")
     )
 
 
@@ -453,3 +456,22 @@ def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, 
         live = micro_step(batches[1], tracker)
         peak = tracker.get_tracker_snapshot("peak")[device]["Total"]
     return {"live_after_forward": live - static, "peak_above_static": peak - static}
+
+
+def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
+    """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
+    size: multi-GPU runs are FSDP2-sharded, one GPU is not. bf16 None: the config's (on unless false)."""
+    return TrainingSetup(
+        model=model_config,
+        seq_len=plan.seq_len,
+        micro_batch=plan.micro_batch,
+        accumulation=plan.accumulation,
+        world_size=plan.world_size,
+        sharded=plan.world_size > 1,
+        gradient_checkpointing=config.gradient_checkpointing,
+        compile=config.torch_compile,
+        bf16=config.bf16 is not False if bf16 is None else bf16,
+        attention=config.attn_implementation or "sdpa",
+        document_masking=config.document_masking,
+        **overrides,
+    )
