@@ -3,14 +3,15 @@
     accelerate launch recipes/pretrain.py --config recipes/<run>/pretrain.yaml [--key value ...]
 
 Re-running the same command resumes from the newest complete checkpoint; `--extend_to STEPS`
-continues a finished run. Keys: src/scratchlm/train/config.py.
+continues a finished run. Keys: `python recipes/pretrain.py --help` (src/scratchlm/train/config.py).
+SIGTERM or Ctrl-C stop the run after the current step, with a checkpoint.
 """
 
 import sys
 
 from scratchlm.errors import ScratchError
 from scratchlm.train.config import parse_pretrain_args
-from scratchlm.train.loop import train
+from scratchlm.train.loop import Stopped, train
 
 
 def main() -> int:
@@ -19,6 +20,9 @@ def main() -> int:
     except ScratchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"scratchlm: {stop}", file=sys.stderr)
+        return 128 + stop.signum
     if (run_dir / "export" / "config.json").is_file():
         print(f"done: {run_dir / 'export'}")
     return 0

@@ -13,10 +13,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from conftest import SMALL_MODEL
+from helpers import SMALL_MODEL
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.presets import build_config
 from scratchlm.tokenization import wrap_tokenizer
+from scratchlm.run_dir import RunDir
 from scratchlm.train import checkpoint as ckpt
 
 STEPS, SAVE_AT = 8, 4
@@ -54,7 +55,7 @@ def main() -> None:
 
             tokenizer = wrap_tokenizer(Tokenizer(models.BPE()))
             ckpt.save_checkpoint(
-                ckpt.checkpoint_path(out, SAVE_AT), model, optimizer, {"step": SAVE_AT}, config, tokenizer
+                RunDir(out).checkpoint(SAVE_AT), model, optimizer, {"step": SAVE_AT}, config, tokenizer
             )
             break
     if rank == 0:

@@ -11,13 +11,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import SMALL_MODEL, small_config
+from helpers import SMALL_MODEL, launch, small_config, small_run
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.bitnet import bitlinears, load_packed, pack_ternary, save_packed, unpack_ternary
 from scratchlm.model.files import load_model, save_model
 from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights
-from scratchlm.train.status import read_jsonl
-from test_pretrain import launch, small_run
+from scratchlm.run_dir import RunDir
 
 
 def bitnet_model(seed: int = 0) -> ScratchForCausalLM:
@@ -120,7 +119,7 @@ def test_a_bitnet_run_logs_its_metrics_and_exports_packed(tmp_path, shards_dir):
     config = small_run(tmp_path, shards_dir, export_format="bitnet-packed")
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({**SMALL_MODEL, "bitnet": True}))
     launch(tmp_path, "--config", str(config))
-    metrics = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in m]
+    metrics = RunDir(tmp_path / "run").training_metrics()
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     for m in metrics:
         assert 0 < m["bitnet_zero_fraction"] < 1 and m["bitnet_weight_scale"] > 0

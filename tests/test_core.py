@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from jinja2 import Template
 
-from conftest import small_config
+from helpers import small_config
 from scratchlm.cli import main
 from scratchlm.eval.core import (
     evaluate_core,

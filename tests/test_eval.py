@@ -13,7 +13,7 @@ from PIL import Image
 from scratchlm.cli import main
 from scratchlm.eval.probes import probe_accuracy
 from scratchlm.model.files import load_model
-from test_pretrain import launch, small_run
+from helpers import launch, small_run
 
 
 @pytest.fixture(scope="module")

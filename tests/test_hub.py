@@ -11,7 +11,7 @@ import pytest
 from hub_stub import HubStub
 from scratchlm.errors import ScratchError
 from scratchlm.train.config import PretrainConfig
-from test_pretrain import launch, launch_command, small_run, train_losses
+from helpers import launch, launch_command, small_run, train_losses
 
 TOKEN = "hf_stubSECRET0123456789abcdef"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import small_config
+from helpers import small_config
 from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.files import init_model, load_model, save_model

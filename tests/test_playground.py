@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import random_documents, small_config
+from helpers import random_documents, small_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -27,7 +27,8 @@ def runs(tmp_path_factory, tokenizer_dir) -> Path:
     import torch
 
     from scratchlm.model.files import init_model, save_model
-    from scratchlm.train.checkpoint import checkpoint_path, save_checkpoint
+    from scratchlm.run_dir import RunDir
+    from scratchlm.train.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("runs") / "tiny"
     pretrain, sft = root / "pretrain", root / "sft"
@@ -41,7 +42,7 @@ def runs(tmp_path_factory, tokenizer_dir) -> Path:
         optimizer.step()
         optimizer.zero_grad()
         if step in (2, 20):
-            save_checkpoint(checkpoint_path(pretrain, step), model, optimizer, {"step": step}, model.config, tokenizer)
+            save_checkpoint(RunDir(pretrain).checkpoint(step), model, optimizer, {"step": step}, model.config, tokenizer)
     save_model(model, tokenizer, pretrain / "export")
     save_model(model, tokenizer, sft / "checkpoint-5")
     (sft / "checkpoint-5" / "trainer_state.json").write_text("{}")
@@ -81,7 +82,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 def greedy(path: Path, prompt: str, max_new_tokens: int) -> str:
     """What the playground must show, computed here without it."""
     from scratchlm.model.files import generation_config
-    from scratchlm.train.checkpoint import load_model_from
+    from scratchlm.model.files import load_model_from
 
     model, tokenizer = load_model_from(path)
     inputs = tokenizer(prompt, return_tensors="pt")

@@ -10,7 +10,8 @@ from transformers import AutoTokenizer
 from scratchlm.cli import main
 from scratchlm.eval.chat import chat_eval, preference_eval, read_rows
 from scratchlm.model.files import load_model
-from scratchlm.train.status import read_jsonl, summarize
+from scratchlm.run_dir import RunDir, read_jsonl
+from scratchlm.train.status import summarize
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = {"max_steps": 3, "save_steps": 3, "logging_steps": 1, "max_length": 128}  # a recipe cut to test size
@@ -45,7 +46,7 @@ def sft_run(tmp_path_factory, small_model_dir, default_dir):
 def test_sft_runs_through_trl_and_lays_out_the_run(sft_run, small_model_dir):
     assert sorted(p.name for p in sft_run.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     metrics = read_jsonl(sft_run / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [2, 4, 6] and all(m["stage"] == "sft" for m in metrics)
+    assert [m["step"] for m in metrics] == [2, 4, 6] and RunDir(sft_run).read_plan()["stage"] == "sft"
     samples = read_jsonl(sft_run / "samples.jsonl")
     assert {s["step"] for s in samples} == {3, 6} and len(samples) == 6  # 3 prompts x 2 checkpoints
     model, tokenizer = load_model(sft_run / "export")
@@ -143,7 +144,7 @@ def test_dpo_needs_preference_columns(tmp_path, capsys, small_model_dir, default
 
 def test_recipes_name_the_previous_stage_export():
     chain = {"midtrain": "init_from", "sft": "model_name_or_path", "dpo": "model_name_or_path"}
-    expected = {"midtrain": "runs/tiny/pretrain/export", "sft": "runs/tiny/mid/export", "dpo": "runs/tiny/sft/export"}
+    expected = {"midtrain": "runs/tiny/pretrain/export", "sft": "runs/tiny/midtrain/export", "dpo": "runs/tiny/sft/export"}
     for stage, key in chain.items():
         values = yaml.safe_load((REPO / "recipes" / "tiny" / f"{stage}.yaml").read_text())
         assert values[key] == expected[stage]

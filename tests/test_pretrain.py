@@ -13,59 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SMALL_MODEL
-from scratchlm.train import checkpoint as ckpt
-from scratchlm.train.status import read_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL_MODEL = {**SMALL_MODEL, "max_position_embeddings": 64}
-
-
-def launch_command(*args: str, processes: int = 1) -> list[str]:
-    if processes == 1:
-        where = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    else:
-        where = ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]
-    return [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
-
-
-def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):
-    """`accelerate launch`: it reports any failure of the script as exit status 1."""
-    command = launch_command(*args, processes=processes)
-    result = subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "WANDB_MODE": "offline"}
-    )
-    assert (result.returncode != 0) == fails, result.stdout[-2000:] + result.stderr[-4000:]
-    return result
-
-
-def small_run(tmp_path: Path, shards_dir: Path, **overrides) -> Path:
-    """A run config for a 2-layer model on the session's prepared shards; returns the YAML path."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(SMALL_MODEL))
-    config = {
-        "output_dir": str(tmp_path / "run"),
-        "model_config": str(tmp_path / "model.yaml"),
-        "data_dir": str(shards_dir),
-        "seq_len": 32,
-        "per_device_train_batch_size": 4,
-        "max_steps": 12,
-        "learning_rate": 3e-3,
-        "warmup_steps": 2,
-        "min_lr": 3e-4,
-        "logging_steps": 1,
-        "save_steps": 4,
-        "save_total_limit": 2,
-        "eval_steps": 0,
-        **overrides,
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def train_losses(run_dir: Path) -> dict[int, dict]:
-    return {m["step"]: m for m in read_jsonl(run_dir / "metrics.jsonl") if "loss" in m}
+from helpers import REPO, launch, small_run, train_losses
+from scratchlm import run_dir
+from scratchlm.run_dir import RunDir, read_jsonl
 
 
 def test_tiny_recipe_runs_from_nothing_and_learns(tmp_path):
@@ -116,7 +66,7 @@ def test_tiny_recipe_runs_from_nothing_and_learns(tmp_path):
         "cost_usd",
     }
     assert keys <= losses[40].keys()
-    assert [p.name for p in ckpt.complete_checkpoints(run)] == ["step_00000020", "step_00000040"]
+    assert [p.name for p in RunDir(run).complete_checkpoints()] == ["step_00000020", "step_00000040"]
 
 
 def test_exact_resume_in_a_fresh_process(tmp_path, shards_dir):
@@ -155,11 +105,11 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
     config = small_run(tmp_path, shards_dir, max_steps=8)
     launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
     run = tmp_path / "run"
-    good = ckpt.latest_checkpoint(run)
+    good = RunDir(run).latest_checkpoint()
     # A write that dies half-way: the weights are on disk, the optimizer is not, no COMPLETE marker.
     partial = run / "checkpoints" / "step_00000005.tmp"
     shutil.copytree(good / "model", partial / "model")
-    assert ckpt.latest_checkpoint(run) == good
+    assert RunDir(run).latest_checkpoint() == good
     # The same for a process killed at an arbitrary moment while it checkpoints every step.
     killed = small_run(tmp_path / "killed", shards_dir, max_steps=400, save_steps=1, save_total_limit=1)
     command = [sys.executable, str(REPO / "recipes" / "pretrain.py"), "--config", str(killed)]
@@ -168,23 +118,23 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
         process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 240
         while time.time() < deadline:  # wait until it is checkpointing, beyond where the last one stopped
-            latest = ckpt.latest_checkpoint(tmp_path / "killed" / "run")
-            if latest is not None and ckpt.checkpoint_step(latest) >= reached + 2:
+            latest = RunDir(tmp_path / "killed" / "run").latest_checkpoint()
+            if latest is not None and run_dir.checkpoint_step(latest) >= reached + 2:
                 break
             time.sleep(0.05)
         time.sleep(extra)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        latest = ckpt.latest_checkpoint(tmp_path / "killed" / "run")
-        assert latest is not None and (latest / ckpt.COMPLETE).is_file()
+        latest = RunDir(tmp_path / "killed" / "run").latest_checkpoint()
+        assert latest is not None and (latest / run_dir.COMPLETE).is_file()
         state = json.loads((latest / "trainer_state.json").read_text())
-        assert state["step"] == ckpt.checkpoint_step(latest) >= reached + 2
+        assert state["step"] == run_dir.checkpoint_step(latest) >= reached + 2
         assert (latest / "optimizer" / "param_groups.json").is_file()
         reached = state["step"]
     result = launch(
-        tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(ckpt.checkpoint_step(latest) + 1)
+        tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(run_dir.checkpoint_step(latest) + 1)
     )
-    assert f"at step {ckpt.checkpoint_step(latest)}" in result.stdout
+    assert f"at step {run_dir.checkpoint_step(latest)}" in result.stdout
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir):
@@ -240,11 +190,11 @@ def test_schedule_extension_and_two_stage_checkpoints(tmp_path, shards_dir):
     )
     launch(tmp_path, "--config", str(config))
     run = tmp_path / "run"
-    steps = [ckpt.checkpoint_step(p) for p in ckpt.complete_checkpoints(run)]
+    steps = [run_dir.checkpoint_step(p) for p in RunDir(run).complete_checkpoints()]
     assert steps == [5, 6, 10]  # both sides of the boundary survive save_total_limit 1
     metrics = train_losses(run)
     assert [metrics[s]["weight_decay"] for s in (6, 7)] == [0.1, 0.0]
-    assert metrics[7]["stage"] == "stage 2" and metrics[6]["lr"] == pytest.approx(1e-3)
+    assert metrics[7]["schedule_phase"] == "stage 2" and metrics[6]["lr"] == pytest.approx(1e-3)
     result = launch(tmp_path, "--config", str(config), "--extend_to", "14")
     assert "extending the run from 10 to 14 steps" in result.stdout
     assert max(train_losses(run)) == 14
@@ -320,7 +270,7 @@ def test_status_plot_timed_saves_and_checkpoint_export(tmp_path, shards_dir):
     )
     launch(tmp_path, "--config", str(config))
     run = tmp_path / "run"
-    reasons = [json.loads((p / "trainer_state.json").read_text())["reason"] for p in ckpt.complete_checkpoints(run)]
+    reasons = [json.loads((p / "trainer_state.json").read_text())["reason"] for p in RunDir(run).complete_checkpoints()]
     assert "timed" in reasons and reasons[-1] == "end"  # save_minutes: 6 ms, less than any step
     assert main(["plot", str(run)]) == 0
     assert (run / "plots" / "loss.png").stat().st_size > 5000
@@ -367,7 +317,7 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, re
 
     straight = run("straight", 2)
     run("save", 2)
-    saved = ckpt.latest_checkpoint(tmp_path)
+    saved = RunDir(tmp_path).latest_checkpoint()
     shards = sorted(p.name for p in (saved / "optimizer").glob("*.safetensors"))
     assert len(shards) == 2  # each rank wrote its own shard of the AdamW moments
     resumed = run("resume", resume_processes)

@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from test_pretrain import REPO
+from helpers import REPO
 
 SHORT = {  # recipe file: overrides
     "pretrain.yaml": {"max_steps": 150, "eval_steps": 150, "sample_steps": 150, "save_steps": 150,

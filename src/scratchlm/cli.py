@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(run=run_plot)
 
     report = commands.add_parser("report", help="report.md, report.json and plots for one or more stage runs")
-    report.add_argument("run_dirs", nargs="+", help="run directories, in pipeline order (pretrain mid sft dpo)")
+    report.add_argument("run_dirs", nargs="+", help="run directories, in pipeline order (pretrain midtrain sft dpo)")
     report.add_argument("--out", help="where to write (default: the first run's parent directory)")
     report.set_defaults(run=run_report)
 
@@ -237,8 +237,7 @@ def run_model_init(args) -> None:
 
 
 def run_export(args) -> None:
-    from .model.files import save_model
-    from .train.checkpoint import load_model_from
+    from .model.files import load_model_from, save_model
 
     model, tokenizer = load_model_from(args.checkpoint)
     print(f"wrote {save_model(model, tokenizer, args.out, args.format)} ({args.format})")

@@ -5,6 +5,7 @@ this module handles the nested parts (data sources, model overrides) the same st
 """
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import MISSING, fields, is_dataclass
@@ -13,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from .errors import ScratchError
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -73,6 +76,8 @@ def convert(value, hint, where: str):
         return from_mapping(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string; it is the number the user meant
     if not isinstance(value, hint) or (hint in (int, float) and isinstance(value, bool)):
         raise ScratchError(f"{where} must be {hint.__name__}, got {type(value).__name__} ({value!r})")
     return value

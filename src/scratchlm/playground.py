@@ -14,7 +14,6 @@ server found, never a path, and a label still means the same checkpoint after a 
 
 import ipaddress
 import json
-import re
 import sys
 import threading
 import time
@@ -29,10 +28,9 @@ import torch
 
 from .chat import continuation, sampling_options
 from .errors import ScratchError
-from .train.checkpoint import checkpoint_step, complete_checkpoints, load_model_from
+from .model.files import load_model_from
+from .run_dir import STAGES, RunDir, checkpoint_step
 
-STAGES = ("pretrain", "mid", "midtrain", "sft", "dpo")  # runs in pipeline order, then any other by name
-TRL_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 LOADED_MODELS = 4  # kept in memory, so going back and forth between checkpoints does not reload them
 MAX_BODY = 1_000_000
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,14 +70,11 @@ def find_checkpoints(roots: list[str | Path]) -> list[Checkpoint]:
 
 def _checkpoints_in(run_dir: Path) -> list[tuple[float, str, Path]]:
     """(step, name, path); an export comes after every step. Incomplete checkpoints are left out."""
-    found = [(checkpoint_step(p), f"step {checkpoint_step(p)}", p) for p in complete_checkpoints(run_dir)]
-    for path in run_dir.glob("checkpoint-*"):
-        # TRL writes trainer_state.json after the weights (speedrun.py relies on it as well).
-        match = TRL_CHECKPOINT.match(path.name)
-        if match and (path / "config.json").is_file() and (path / "trainer_state.json").is_file():
-            found.append((int(match.group(1)), path.name, path))
-    if (run_dir / "export" / "config.json").is_file():
-        found.append((float("inf"), "export", run_dir / "export"))
+    run = RunDir(run_dir)
+    found = [(checkpoint_step(p), f"step {checkpoint_step(p)}", p) for p in run.complete_checkpoints()]
+    found += [(checkpoint_step(p), p.name, p) for p in run.trl_checkpoints() if (p / "config.json").is_file()]
+    if run.has_export():
+        found.append((float("inf"), "export", run.export))
     return found
 
 

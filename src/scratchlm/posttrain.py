@@ -22,8 +22,9 @@ import datasets
 from .config import read_yaml
 from .errors import ScratchError
 from .eval.chat import chat_replies
+from .model.card import write_model_card
 from .model.files import load_model, read_config, save_model
-from .report import write_model_card
+from .run_dir import RunDir, checkpoint_step
 from .tokenization import check_tokenizer_fits, load_tokenizer
 from .train.hardware import describe_hardware
 
@@ -138,33 +139,38 @@ def dataset_columns(values: dict):
 
 
 def finish_stage(stage: str, output_dir: Path, values: dict, wall_s: float) -> None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    run = RunDir(output_dir)
+    checkpoints = run.trl_checkpoints()
     if not checkpoints:
         raise ScratchError(f"{output_dir} has no checkpoint-*/: set save_strategy: steps so the log is kept")
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
-    with (output_dir / "metrics.jsonl").open("w") as f:
-        for entry in state["log_history"]:
-            if "loss" in entry:  # the names status, plots and reports read, beside TRL's own
-                named = {"lr": entry.get("learning_rate"), "tokens": entry.get("num_tokens"), "stage": stage}
-                f.write(json.dumps({**entry, **named}) + "\n")
-    plan = {"stage": stage, "total_steps": state["max_steps"], "wall_s": wall_s, "hardware": describe_hardware()}
-    (output_dir / "plan.json").write_text(json.dumps(plan, indent=1))
+    # TRL's log history under the names status, plots and reports read, beside TRL's own.
+    run.write_metrics(
+        [
+            {**entry, "lr": entry.get("learning_rate"), "tokens": entry.get("num_tokens")}
+            for entry in state["log_history"]
+            if "loss" in entry
+        ]
+    )
+    run.write_plan(
+        {"stage": stage, "total_steps": state["max_steps"], "wall_s": wall_s, "hardware": describe_hardware()}
+    )
     model, tokenizer = load_stage_model(output_dir)
-    save_model(model, tokenizer, output_dir / "export")
+    save_model(model, tokenizer, run.export)
     data = [
         " ".join(str(e[k]) for k in ("path", "name", "data_files", "split") if e.get(k))
         for e in dataset_entries(values)
     ]
-    write_model_card(output_dir, data)
+    write_model_card(run, data)
     prompts = sample_prompts(values)
-    with (output_dir / "samples.jsonl").open("w") as f:
-        for checkpoint in checkpoints:  # the last one holds the final weights
-            model, tokenizer = load_stage_model(checkpoint)
-            step = int(checkpoint.name.split("-")[1])
-            for prompt, (reply, _) in zip(prompts, chat_replies(model, tokenizer, prompts), strict=True):
-                f.write(
-                    json.dumps({"step": step, "prompt": prompt[-1]["content"], "mode": "greedy", "text": reply}) + "\n"
-                )
+    samples = []
+    for checkpoint in checkpoints:  # the last one holds the final weights
+        model, tokenizer = load_stage_model(checkpoint)
+        for prompt, (reply, _) in zip(prompts, chat_replies(model, tokenizer, prompts), strict=True):
+            samples.append(
+                {"step": checkpoint_step(checkpoint), "prompt": prompt[-1]["content"], "mode": "greedy", "text": reply}
+            )
+    run.write_samples(samples)
 
 
 def load_stage_model(path: Path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ScratchError
-from .train.status import read_jsonl
+from .run_dir import RunDir
 
 EVAL_COLUMNS = [  # (key in the stage's evals, heading)
     ("val_bpb", "val bpb"),
@@ -29,10 +29,10 @@ PHASES = 4  # the diminishing-returns table splits a run at 1/8, 1/4, 1/2 of its
 def plot_loss(run_dir: str | Path) -> Path:
     """RUN_DIR/plots/loss.png: training and validation loss of one run."""
     run_dir = Path(run_dir)
-    return _plot([run_dir], "loss", run_dir / "plots" / "loss.png")
+    return plot_curves([run_dir], "loss", RunDir(run_dir).plots / "loss.png")
 
 
-def _plot(run_dirs: list[Path], what: str, out: Path) -> Path:
+def plot_curves(run_dirs: list[Path], what: str, out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -45,7 +45,7 @@ def _plot(run_dirs: list[Path], what: str, out: Path) -> Path:
         ax.set_visible(False)
     drawn = False
     for ax, run_dir in zip(axes.flat, run_dirs, strict=False):
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        metrics = RunDir(run_dir).metrics()
         train = [m for m in metrics if "loss" in m]
         evals = [m for m in metrics if f"val_{what}" in m]
         if what == "loss" and train:
@@ -54,7 +54,7 @@ def _plot(run_dirs: list[Path], what: str, out: Path) -> Path:
             ax.plot([m["step"] for m in evals], [m[f"val_{what}"] for m in evals], "o-", label=f"validation {what}")
         drawn |= bool(evals or (what == "loss" and train))
         ax.set_xlabel("step")
-        plan = run_dir / "plan.json"
+        plan = RunDir(run_dir).plan_file
         dpo = plan.is_file() and json.loads(plan.read_text()).get("stage") == "dpo"
         ax.set_ylabel("bits per byte" if what == "bpb" else "DPO loss (per pair)" if dpo else "loss (nats/token)")
         ax.set_title(run_dir.name)
@@ -88,15 +88,14 @@ def parameters(export: Path) -> int | None:
 
 
 def run_summary(run_dir: Path) -> dict:
-    if not (run_dir / "plan.json").is_file():
-        raise ScratchError(f"{run_dir} is not a run directory (no plan.json)")
-    plan = json.loads((run_dir / "plan.json").read_text())
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    run = RunDir(run_dir)
+    plan = run.read_plan()
+    metrics = run.metrics()
     train = [m for m in metrics if "loss" in m]
     if not train:
         raise ScratchError(f"{run_dir} has no training metrics yet (metrics.jsonl)")
     last = train[-1]
-    params = parameters(run_dir / "export") or plan.get("params_total")
+    params = parameters(run.export) or plan.get("params_total")
     tokens = last.get("tokens")
     summary = {
         "stage": plan.get("stage", "pretrain"),
@@ -120,7 +119,7 @@ def run_summary(run_dir: Path) -> dict:
 
 def _priced(run_dir: Path) -> bool:
     """Cost is a measurement only when the run was given a price per GPU hour."""
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config_file
     return config.is_file() and float((yaml.safe_load(config.read_text()) or {}).get("usd_per_gpu_hour") or 0) > 0
 
 
@@ -131,8 +130,7 @@ def stage_evals(run_dir: Path, metrics: list[dict]) -> dict:
     for key in ("val_loss", "val_bpb", "probe_accuracy", "core"):
         if key in last_eval:
             evals[key] = last_eval[key]
-    for path in sorted((run_dir / "evals").glob("*.json")):
-        result = json.loads(path.read_text())
+    for result in RunDir(run_dir).eval_results().values():
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         evals.update({k: v for k, v in numbers.items() if k != "n"})  # every eval's item count is "n"
     return evals
@@ -182,10 +180,10 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, pipe
     if len(set(names)) < len(names):  # several runs of one stage, compared: named by directory
         names = [run.name for run in runs]
     stages = dict(zip(names, summaries, strict=True))
-    plots = [_plot(runs, "loss", out / "plots" / "loss.png")]
+    plots = [plot_curves(runs, "loss", out / "plots" / "loss.png")]
     with_bpb = [run for run, s in zip(runs, summaries, strict=True) if "val_bpb" in s["evals"]]
     if with_bpb:
-        plots.append(_plot(with_bpb, "bpb", out / "plots" / "bpb.png"))
+        plots.append(plot_curves(with_bpb, "bpb", out / "plots" / "bpb.png"))
     report = {
         "wall_s": sum(pipeline.values()) if pipeline else sum(s.get("wall_s", 0) for s in summaries),
         **({"pipeline_s": pipeline} if pipeline else {}),
@@ -198,7 +196,7 @@ def build_report(run_dirs: list[str | Path], out: str | Path | None = None, pipe
     return out / "report.md"
 
 
-def _fmt(value, kind: str = "") -> str:
+def fmt(value, kind: str = "") -> str:
     if value is None:
         return "—"
     if kind == "int":
@@ -222,19 +220,19 @@ def _table(headings: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict | None) -> str:
     lines = ["# Run report", ""]
     if pipeline:
-        lines += [f"## Speedrun: {_fmt(sum(pipeline.values()), 'time')} in all", ""]
-        lines += _table(list(pipeline), [[_fmt(seconds, "time") for seconds in pipeline.values()]])
+        lines += [f"## Speedrun: {fmt(sum(pipeline.values()), 'time')} in all", ""]
+        lines += _table(list(pipeline), [[fmt(seconds, "time") for seconds in pipeline.values()]])
     cost = [("hardware", ""), ("parameters", "int"), ("steps", "int"), ("tokens", "int"),
             ("tokens_per_parameter", ""), ("flops", "sci"), ("wall_s", "time"), ("tok_per_s", "int"),
             ("mfu", "pct"), ("mem_peak_gb", ""), ("cost_usd", "usd"), ("final_loss", "")]  # fmt: skip
     lines += ["## What each stage cost", ""]
     lines += _table(
-        ["stage", *(k for k, _ in cost)], [[n, *(_fmt(s.get(k), f) for k, f in cost)] for n, s in summaries.items()]
+        ["stage", *(k for k, _ in cost)], [[n, *(fmt(s.get(k), f) for k, f in cost)] for n, s in summaries.items()]
     )
     lines += ["## Evaluations", ""]
     lines += _table(
         ["stage", *(h for _, h in EVAL_COLUMNS)],
-        [[n, *(_fmt(s["evals"].get(k)) for k, _ in EVAL_COLUMNS)] for n, s in summaries.items()],
+        [[n, *(fmt(s["evals"].get(k)) for k, _ in EVAL_COLUMNS)] for n, s in summaries.items()],
     )
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
     for name, run in zip(summaries, runs, strict=True):
@@ -244,14 +242,15 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict
             lines += [f"## Diminishing returns: {name}", ""]
             keys = [("steps", ""), ("loss_start", ""), ("loss_end", ""), ("loss_drop", ""), ("wall_s", "time"),
                     ("wall_s_per_0.01", "time"), ("cost_usd", "usd"), ("cost_usd_per_0.01", "usd")]  # fmt: skip
-            lines += _table([k for k, _ in keys], [[_fmt(p.get(k), f) for k, f in keys] for p in summary["phases"]])
+            lines += _table([k for k, _ in keys], [[fmt(p.get(k), f) for k, f in keys] for p in summary["phases"]])
     for name, run in zip(summaries, runs, strict=True):
-        if (run / "config.yaml").is_file():
+        config = RunDir(run).config_file
+        if config.is_file():
             lines += [
                 f"## Configuration: {name}",
                 "",
                 "```yaml",
-                (run / "config.yaml").read_text().strip(),
+                config.read_text().strip(),
                 "```",
                 "",
             ]
@@ -260,7 +259,7 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict
 
 def samples_section(run: Path, name: str, columns: int = 4) -> list[str]:
     """Greedy samples at up to four milestones of the run, side by side."""
-    samples = [s for s in read_jsonl(run / "samples.jsonl") if s.get("mode", "greedy") == "greedy"]
+    samples = [s for s in RunDir(run).samples() if s.get("mode", "greedy") == "greedy"]
     if not samples:
         return []
     steps = sorted({s["step"] for s in samples})
@@ -270,69 +269,3 @@ def samples_section(run: Path, name: str, columns: int = 4) -> list[str]:
     prompts = list(dict.fromkeys(s["prompt"] for s in samples))
     rows = [[repr(p)[1:-1], *(text.get((p, step), "—") for step in picked)] for p in prompts]
     return [f"## Samples: {name}", ""] + _table(["prompt", *(f"step {step:,}" for step in picked)], rows)
-
-
-# --- the model card ----------------------------------------------------------------------------------
-
-
-def write_model_card(run_dir: str | Path, data: list[str]) -> Path:
-    """RUN_DIR/export/README.md (+ loss.png): what the exported model is, what it was trained on and how
-    far, its evaluations so far, and how to use it. `data` describes the training data, a line each."""
-    run_dir = Path(run_dir)
-    export = run_dir / "export"
-    summary = run_summary(run_dir)
-    config = json.loads((export / "config.json").read_text())
-    _plot([run_dir], "loss", export / "loss.png")
-    shape = (
-        f"{config['num_hidden_layers']} layers × {config['hidden_size']}, {config['num_attention_heads']}/"
-        f"{config['num_key_value_heads']} heads, FFN {config['intermediate_size']}, vocab {config['vocab_size']}, "
-        f"context {config['max_position_embeddings']}, {'tied' if config.get('tie_word_embeddings') else 'untied'}"
-        + (", BitNet b1.58 layers" if config.get("bitnet") else "")
-    )
-    evals = [
-        f"| {heading} | {_fmt(summary['evals'][key])} |" for key, heading in EVAL_COLUMNS if key in summary["evals"]
-    ]
-    remote = config.get("model_type") != "llama"
-    lines = [
-        "---",
-        "library_name: transformers",
-        "pipeline_tag: text-generation",
-        "tags: [scratchlm, llama, from-scratch]",
-        "---",
-        "",
-        f"# {run_dir.name}",
-        "",
-        f"A Llama-style language model trained from scratch with scratchlm; this export is the end of its "
-        f"**{summary['stage']}** stage. {_fmt(summary.get('parameters'), 'int')} parameters: {shape}.",
-        "",
-        "## Training",
-        "",
-        *[f"- data: {line}" for line in data],
-        f"- tokens seen in this stage: {_fmt(summary.get('tokens'), 'int')} over {summary['steps']:,} steps",
-        f"- final training loss: {_fmt(summary['final_loss'])}",
-        f"- hardware: {summary.get('hardware', '—')}; wall time {_fmt(summary.get('wall_s'), 'time')}",
-        "",
-        "![loss curve](loss.png)",
-        "",
-        "## Evaluation",
-        "",
-        *(["| metric | value |", "|---|---|", *evals] if evals else ["Not evaluated at export time."]),
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        f'generate = pipeline("text-generation", model="PATH"{", trust_remote_code=True" if remote else ""})',
-        "```",
-        "",
-        "The tokenizer carries a chat template (`<|im_start|>role ... <|im_end|>`); generation stops at `<|im_end|>` "
-        "and `<|endoftext|>`.",
-        "",
-        "## Intended use",
-        "",
-        "Research and teaching: studying how a small model learns, stage by stage. It is small, trained on little data "
-        "and not aligned for safety; do not rely on what it says.",
-        "",
-    ]
-    (export / "README.md").write_text("\n".join(lines))
-    return export / "README.md"

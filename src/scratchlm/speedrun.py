@@ -21,6 +21,7 @@ from .config import read_yaml
 from .errors import ScratchError
 from .posttrain import command_path
 from .report import build_report
+from .run_dir import RunDir
 from .train.config import parse_pretrain_args
 
 STATE = "speedrun.json"
@@ -135,10 +136,8 @@ def resumed(command: list[str], runs: dict) -> list[str]:
     (trainer_state.json is the last file TRL writes into a checkpoint)."""
     if command[1] not in ("sft", "dpo"):
         return command
-    output_dir = Path(runs[command[1]])
-    complete = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    checkpoints = sorted(complete, key=lambda p: int(p.name.split("-")[1]))
-    return [*command, "--resume_from_checkpoint", str(checkpoints[-1])] if checkpoints else command
+    latest = RunDir(runs[command[1]]).latest_trl_checkpoint()
+    return [*command, "--resume_from_checkpoint", str(latest)] if latest else command
 
 
 def read_state(out: Path) -> dict:

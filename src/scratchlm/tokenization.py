@@ -1,6 +1,8 @@
 """Train, save and check tokenizers: byte-level BPE with our special tokens and chat template.
 
-Every tokenizer scratchlm trains has the same shape, so every later stage can rely on it:
+Every tokenizer scratchlm trains has the same shape, so every later stage can rely on it. The shape is
+data: the special tokens, split pattern and chat template in the repository's `tokenizer/` (shipped in
+the package as `scratchlm/tokenizer/`), whose README says why each is what it is. In short:
 - `<|bos|>` is prepended by the tokenizer itself (as Llama's does): plain `tokenizer(text)`,
   pipelines and lm-eval all see the BOS that pretraining documents start with;
 - `<|endoftext|>` (eos) ends every document and stops base-model generation;
@@ -10,6 +12,7 @@ Every tokenizer scratchlm trains has the same shape, so every later stage can re
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from importlib import resources
@@ -20,26 +23,39 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from .errors import ScratchError
 
-BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
-IM_START, IM_END = "<|im_start|>", "<|im_end|>"
-SPECIAL_TOKENS = [BOS, EOS, PAD, IM_START, IM_END]
+# A symlink to the repository's tokenizer/ in a checkout; real files in an installed wheel.
+SPEC = resources.files("scratchlm") / "tokenizer"
+
+
+def read_spec(name: str) -> str:
+    try:
+        return SPEC.joinpath(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScratchError(
+            f"the tokenizer spec {SPEC / name} is missing (scratchlm/tokenizer is a link to the repository's "
+            "tokenizer/ folder, whose files every install copies)"
+        ) from None
+
+
+_SPECIAL = json.loads(read_spec("special_tokens.json"))
+BOS, EOS, PAD = _SPECIAL["bos"], _SPECIAL["eos"], _SPECIAL["pad"]
+IM_START, IM_END = _SPECIAL["im_start"], _SPECIAL["im_end"]
+SPECIAL_TOKENS = list(_SPECIAL.values())  # the file's order is the ids: <|bos|> is 0
 
 # GPT-4's split pattern with numbers in groups of at most two digits (as nanochat): words,
 # numbers, punctuation runs and whitespace are never merged across, which keeps merges reusable.
-SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
-    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
-)
+SPLIT_PATTERN = read_spec("split_pattern.txt").rstrip("\n")
 
 
 def chat_template() -> str:
-    return resources.files("scratchlm").joinpath("chat_template.jinja").read_text()
+    return read_spec("chat_template.jinja")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> dict:
     """Train on `texts`, save an HF tokenizer directory, and return what was measured."""
-    if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
-        raise ScratchError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least 262")
+    smallest = 256 + len(SPECIAL_TOKENS) + 1  # every byte, the special tokens and one merge
+    if vocab_size < smallest:
+        raise ScratchError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least {smallest}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -62,6 +78,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         raise ScratchError("tokenizer training got no text: every input was empty")
     tokenizer = wrap_tokenizer(backend)
     tokenizer.save_pretrained(str(out_dir))
+    if len(tokenizer) < vocab_size:  # BPE stops early only when no pair is left to merge
+        print(
+            f"warning: asked for {vocab_size:,} tokens, got {len(tokenizer):,}: every distinct word of the "
+            f"{counted.bytes:,} bytes of text is already a single token; ask for {len(tokenizer)} (and give the "
+            f"model that vocab_size, so no embedding row goes unused) or train on more varied text",
+            file=sys.stderr,
+        )
     return {
         "vocab_size": len(tokenizer),
         "documents": counted.documents,
@@ -101,7 +124,13 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise ScratchError(f"{path} is not a tokenizer directory (no tokenizer.json)")
-    return AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # from_pretrained notes how it found the files (`is_local`, and `local_files_only: true` under
+    # HF_HUB_OFFLINE) among the init arguments, and save_pretrained would write them into every
+    # tokenizer_config.json we export: flags about our machine, not about the tokenizer.
+    for key in ("is_local", "local_files_only"):
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
 
 
 def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int, where: str) -> None:

@@ -16,6 +16,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ..data.loader import document_positions
 from ..data.shards import TokenShards
+from ..model import ScratchForCausalLM
 
 
 def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -27,6 +28,19 @@ def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
         if index not in special and index < vocab_size:
             lengths[index] = sum(1 for char in token if char in byte_of) or len(token.encode())
     return lengths
+
+
+def per_token_nats(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).flatten(0, 1).float(), labels.flatten(), reduction="none").view(labels.shape)
+
+
+def token_nats(model, inputs: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
+    """Loss of every token, (batch, seq). Our models take the training forward (no cache, so packed
+    documents stay apart; no full logits); any other causal LM its own forward, without a cache too."""
+    if isinstance(getattr(model, "module", model), ScratchForCausalLM):
+        return model(input_ids=inputs, labels=labels, position_ids=position_ids, loss_from_hidden=per_token_nats)
+    logits = model(input_ids=inputs, position_ids=position_ids, use_cache=False).logits
+    return per_token_nats(logits, torch.nn.Identity(), labels)
 
 
 @torch.no_grad()
@@ -57,11 +71,10 @@ def evaluate_bpb(
             windows = np.stack([source.val[w * seq_len : w * seq_len + seq_len + 1] for w in chosen]).astype(np.int64)
             inputs = torch.from_numpy(windows[:, :-1]).to(device)
             labels = torch.from_numpy(windows[:, 1:]).to(device)
-            kwargs = {}
+            positions = None
             if document_masking:
-                kwargs["position_ids"] = torch.from_numpy(document_positions(windows[:, :-1], shards.bos_id)).to(device)
-            logits = model(input_ids=inputs, **kwargs).logits.float()
-            nats = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
+                positions = torch.from_numpy(document_positions(windows[:, :-1], shards.bos_id)).to(device)
+            nats = token_nats(model, inputs, labels, positions)
             nbytes = token_bytes.to(device)[labels]
             sums += torch.stack(
                 [

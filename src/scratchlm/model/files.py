@@ -5,12 +5,16 @@ code beside it for `scratch`), generation_config.json and the tokenizer. Everyth
 goes through `load_model`, so a corrupt config or a tokenizer that does not fit is caught there.
 """
 
-import importlib.util
+import functools
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
+from torch.distributed.checkpoint import HuggingFaceStorageReader
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM, set_seed
 
 from ..errors import ScratchError
@@ -21,11 +25,36 @@ from .bitnet import is_packed, load_packed, save_packed
 FORMATS = ("scratch", "llama", "bitnet-packed")
 
 
-def attention_backend() -> str:
-    """flash-attn when it is installed and a GPU is present, else PyTorch SDPA (never a Hub kernel)."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def attention_backend(document_masking: bool = False) -> str:
+    """The attention a GPU run gets unless a config names one; PyTorch SDPA on CPU. Never a Hub kernel.
+
+    With document masking, flex_attention: it keeps packed documents apart with a block mask at
+    flash-like speed, where SDPA with a materialised mask falls back to a slow kernel and transformers'
+    flash-attn path detects packed documents only at batch size 1. Without, flash-attn when it works here."""
+    if not torch.cuda.is_available():
+        return "sdpa"
+    if document_masking:
+        return "flex_attention"
+    return "flash_attention_2" if flash_attention_works() else "sdpa"
+
+
+@functools.cache
+def flash_attention_works() -> bool:
+    """flash-attn imports and computes on this GPU (a mismatched build imports and then fails, or not even)."""
+    try:
+        from flash_attn import flash_attn_func
+
+        q = torch.randn(1, 8, 2, 64, device="cuda", dtype=torch.bfloat16)
+        return bool(torch.isfinite(flash_attn_func(q, q, q, causal=True)).all())
+    except Exception as err:  # noqa: BLE001 - any failure means: do not use it
+        if not isinstance(err, ImportError):
+            print(f"scratchlm: flash-attn is installed but does not run here ({type(err).__name__}); using sdpa")
+        return False
+
+
+def evaluation_dtype() -> torch.dtype:
+    """Evaluation runs in bf16 on a GPU (every attention backend takes it) and in fp32 on a CPU."""
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
 def init_model(config: ScratchConfig, out_dir: str | Path, tokenizer_dir: str | Path | None, seed: int = 0):
@@ -67,9 +96,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
     try:
         if is_packed(model_dir):
             return load_packed(model_dir).to(dtype), tokenizer
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype, attn_implementation=attention_backend()
-        )
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
     return model, tokenizer
@@ -121,3 +148,51 @@ def generation_config(tokenizer) -> GenerationConfig:
     if IM_END in tokenizer.get_vocab():
         stop.append(tokenizer.convert_tokens_to_ids(IM_END))
     return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+
+
+def load_model_from(path: str | Path, with_tokenizer: bool = True):
+    """(model, tokenizer) from an exported model directory or a training checkpoint (run_dir.py's layout)."""
+    path = Path(path)
+    if not (path / "COMPLETE").is_file():
+        return load_model(path, with_tokenizer=with_tokenizer)
+    model = ScratchForCausalLM(ScratchConfig.from_pretrained(str(path)))
+    state = model.state_dict()
+    read_checkpoint_tensors(path / "model", state)
+    model.load_state_dict(state)
+    return model, load_tokenizer(path / "tokenizer") if with_tokenizer else None
+
+
+def read_checkpoint_tensors(folder: Path, template: dict, aliases: dict | None = None) -> None:
+    """Fill `template` (name -> tensor, sharded or not) from a checkpoint's safetensors folder, written by
+    torch.distributed.checkpoint; `aliases` (names that share a tensor: a tied head) come from the folder."""
+    aliases = aliases if aliases is not None else json.loads((folder / "aliases.json").read_text())
+    wanted = {k: v for k, v in template.items() if k not in aliases}
+    try:
+        dcp.load(wanted, storage_reader=HuggingFaceStorageReader(str(folder)))
+    except (Exception, dcp.api.CheckpointException) as err:  # noqa: BLE001 - DCP's own error is a BaseException
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        raise ScratchError(f"cannot read {folder}: {(lines[-1] if lines else type(err).__name__)[:300]}") from None
+    template.update(wanted)
+    for alias, original in aliases.items():
+        template[alias] = template[original]
+
+
+def export_model(model, model_config, tokenizer, out_dir: str | Path, format: str, main: bool) -> Path:
+    """A trained (possibly FSDP-sharded) model as a self-contained directory, written whole then renamed.
+    Collective under FSDP: every rank calls it, rank 0 writes."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    target = Path(out_dir)
+    if main:
+        with torch.device("meta"):
+            plain = ScratchForCausalLM(model_config)
+        plain.load_state_dict(full, assign=True)
+        plain.tie_weights()
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(plain, tokenizer, staging, format)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return target

@@ -73,6 +73,19 @@ class ScratchForCausalLM(LlamaForCausalLM):
             self._use_bitlinear(config.rms_norm_eps)
         self.post_init()
 
+    def forward(self, *args, loss_from_hidden=None, **kwargs):
+        """Llama's forward; or, with `loss_from_hidden`, how training and evaluation run packed windows:
+        the decoder without a cache (transformers builds the per-document mask from position_ids only
+        when no cache is passed), then loss_from_hidden(final hidden states, lm_head, labels), so the
+        caller decides how logits are made (in chunks, never all at once). Being `forward`, it gets
+        the hooks of whatever wraps the model (FSDP2, DDP)."""
+        if loss_from_hidden is None:
+            return super().forward(*args, **kwargs)
+        labels = kwargs.pop("labels")
+        kwargs.pop("use_cache", None)
+        hidden = self.model(*args, use_cache=False, **kwargs).last_hidden_state
+        return loss_from_hidden(hidden, self.lm_head, labels)
+
     def _use_bitlinear(self, eps: float) -> None:
         """Every linear layer of the decoder blocks becomes a BitLinear of the same shape."""
         for layer in self.model.layers:

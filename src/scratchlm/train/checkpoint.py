@@ -1,33 +1,36 @@
-"""Training checkpoints: complete, atomic, sharded under FSDP, and never pickled.
+"""Training checkpoints: complete, atomic, sharded under FSDP, never pickled; and the Checkpointer that
+decides when to write them, which to keep and which to resume from.
 
-    runs/<name>/checkpoints/step_00001000/
+    runs/<name>/<stage>/checkpoints/step_00001000/
         model/            weights: safetensors written by torch.distributed.checkpoint (each rank its shard)
         optimizer/        AdamW moments, same format; param_groups.json holds the non-tensor part
         tokenizer/        the tokenizer the run trains with
         config.json       the model config (with our code beside it)
-        trainer_state.json   step, tokens, loader position, wall time, cost, plan, schedule, config
+        trainer_state.json   every component's state (train_state, loader), and the plan, schedule, config
         rng/rank_00000.json  every rank's RNG states
-        COMPLETE          written last
+        COMPLETE          written last: the step and every file's size and sha256
 
 A checkpoint is written to `step_X.tmp/`, its files synced, COMPLETE written, then the folder is
-renamed; resume only considers `step_X/` folders holding COMPLETE, so a process killed mid-write
-leaves nothing a resume would pick. Older checkpoints are deleted only after a newer one is complete.
-Sharded files load into any world size (torch.distributed.checkpoint reshards on load).
+renamed: a process killed mid-write leaves nothing a resume would pick (run_dir.py owns what counts
+as complete, and deletes by renaming first). Sharded files load into any world size
+(torch.distributed.checkpoint reshards on load). On resume the newest checkpoint's checksums are
+verified; a damaged one is named, moved aside and the one before it used.
 """
 
 import base64
+import errno
 import json
 import os
 import random
-import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -39,45 +42,162 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from ..errors import ScratchError
-from ..model import ScratchConfig, ScratchForCausalLM
-from ..model.files import load_model
-from ..tokenization import load_tokenizer
+from ..model.files import read_checkpoint_tensors
+from ..run_dir import (
+    COMPLETE,
+    RunDir,
+    checkpoint_files,
+    checkpoint_step,
+    damaged_files,
+    file_digest,
+    is_complete,
+    write_manifest,
+)
 
 # Saving or loading in one process is intended (CPU runs, export), not a misconfiguration.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-COMPLETE = "COMPLETE"
-_NAME = re.compile(r"^step_(\d{8})$")
 _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+class Checkpointer:
+    """When to save (save_steps, save_minutes by rank 0's clock, milestones, forced steps, the end, a stop),
+    what to keep (save_total_limit, milestones, forced steps, what the uploader still reads), and where
+    to resume. `states` are the run's components with state_dict()/load_state_dict() (the train state,
+    the loader); `record` is saved beside them for reports and checks (plan, schedule, config)."""
+
+    def __init__(self, run: RunDir, config, world, model, optimizer, model_config, tokenizer, states: dict, record):
+        self.run, self.config, self.world = run, config, world
+        self.model, self.optimizer = model, optimizer
+        self.model_config, self.tokenizer = model_config, tokenizer
+        self.states, self.record = states, record
+        self.forced: set[int] = set(config.milestones)
+        self.uploader = None
+        self._last_save = time.perf_counter()
+
+    def load(self, path: Path) -> dict:
+        """Restore model, optimizer, RNG and every component; returns the saved record (plan, schedule, config)."""
+        saved = load_checkpoint(path, self.model, self.optimizer, self.config.reset_optimizer)
+        states = saved.get("states") or {"train_state": saved["state"], "loader": saved["loader"]}  # older format
+        for name, component in self.states.items():
+            component.load_state_dict(states[name])
+        return saved
+
+    # --- save -------------------------------------------------------------------------------------
+
+    def maybe_save(self, step: int, done: bool, stopping: bool) -> Path | None:
+        """Called once per step, by every rank (saving is collective)."""
+        config = self.config
+        timed = bool(config.save_minutes) and self._agree(
+            time.perf_counter() - self._last_save >= 60 * config.save_minutes
+        )
+        for reason, due in (
+            ("end", done),
+            ("forced", step in self.forced),
+            ("stop", stopping),
+            ("timed", timed),
+            ("interval", bool(config.save_steps) and step % config.save_steps == 0),
+        ):
+            if due:
+                return self.save(step, reason)
+        return None
+
+    def save(self, step: int, reason: str) -> Path:
+        path = self.run.checkpoint(step)
+        trainer_state = {
+            "step": step,
+            "states": {name: component.state_dict() for name, component in self.states.items()},
+            **self.record,
+            "reason": reason,
+        }
+        save_checkpoint(path, self.model, self.optimizer, trainer_state, self.model_config, self.tokenizer,
+                        last_good=self.latest())  # fmt: skip
+        self._last_save = time.perf_counter()
+        if self.world.main:
+            keep = self.forced
+            if self.uploader:
+                self.uploader.submit(path, path.name)
+                keep = keep | {checkpoint_step(p) for p in self.uploader.busy_folders()}  # not deleted under upload
+            prune_checkpoints(self.run, self.config.save_total_limit, keep)
+        return path
+
+    def latest(self) -> Path | None:
+        return self.run.latest_checkpoint()
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's clock decides time-based saves for everyone (the save is collective)."""
+        return bool(self.world.broadcast(flag))
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    folder = Path(run_dir) / "checkpoints"
-    found = [p for p in folder.iterdir() if _NAME.match(p.name) and (p / COMPLETE).is_file()] if folder.is_dir() else []
-    return sorted(found, key=lambda p: p.name)
+def resume_point(run: RunDir, world) -> Path | None:
+    """The newest intact checkpoint, chosen by rank 0 for every rank (ranks that listed folders on their
+    own could disagree, and then wait for each other forever)."""
+    chosen = None
+    if world.main:
+        run.remove_unfinished()
+        chosen = newest_intact(run)
+    chosen = world.broadcast(str(chosen) if chosen else None)
+    unseen = world.sum([0.0 if chosen is None or is_complete(Path(chosen)) else 1.0])[0]
+    if unseen:
+        raise ScratchError(
+            f"{chosen} is not visible (complete) on {int(unseen)} process(es): every node must see the same "
+            "output_dir; multi-node runs need a shared filesystem"
+        )
+    return Path(chosen) if chosen else None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = complete_checkpoints(run_dir)
-    return found[-1] if found else None
+def newest_intact(run: RunDir) -> Path | None:
+    """The newest complete checkpoint whose files match their checksums; damaged ones are moved aside, loudly."""
+    for path in reversed(run.complete_checkpoints()):
+        damaged = damaged_files(path)
+        if not damaged:
+            return path
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        print(
+            f"warning: checkpoint {path} is damaged ({', '.join(damaged[:3])} differ from its COMPLETE "
+            f"manifest); moved aside to {aside.name}; resuming from the checkpoint before it, if any"
+        )
+    return None
 
 
-def checkpoint_step(path: Path) -> int:
-    return int(_NAME.match(Path(path).name).group(1))
+def prune_checkpoints(run: RunDir, keep_last: int, keep_steps: set[int]) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep_last`, except `keep_steps` (rank 0 only)."""
+    found = run.complete_checkpoints()
+    doomed = [p for p in found[:-keep_last] if checkpoint_step(p) not in keep_steps] if keep_last else []
+    for path in doomed:
+        run.delete_checkpoint(path)
+    return doomed
 
 
-# --- saving ----------------------------------------------------------------------------------------
+# --- writing ---------------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, model, optimizer, trainer_state: dict, model_config, tokenizer) -> None:
-    """Collective: every rank calls it. `model` is the unwrapped module (FSDP-sharded or not)."""
+def save_checkpoint(path: Path, model, optimizer, trainer_state: dict, model_config, tokenizer, last_good=None):
+    """Collective: every rank calls it. `model` is the unwrapped module (FSDP-sharded or not). A write that
+    fails (a full disk) removes what it wrote and names the last good checkpoint, which it never touched."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     rank = dist.get_rank() if dist.is_initialized() else 0
+    try:
+        _write(tmp, rank, model, optimizer, trainer_state, model_config, tokenizer)
+    except (OSError, dcp.api.CheckpointException) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        no_space = isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err)
+        why = "no space left on the device" if no_space else _last_line(err)
+        raise ScratchError(
+            f"cannot write checkpoint {path.name} in {path.parent}: {why}; the last good checkpoint is "
+            f"{last_good or 'none yet'} (intact)"
+        ) from None
+    if rank == 0:
+        if path.exists():  # a complete checkpoint of the same step (a re-run after a crash): replace it
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    _barrier()
+
+
+def _write(tmp: Path, rank: int, model, optimizer, trainer_state, model_config, tokenizer) -> None:
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -100,31 +220,19 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict, model_con
         model_config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
     _barrier()
+    # Every rank hashes a share of the files (all of them on rank 0's disk: a shared filesystem).
+    world = dist.get_world_size() if distributed else 1
+    names = checkpoint_files(tmp)
+    digests = {name: file_digest(tmp / name) for name in names[rank::world]}
+    if distributed:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, digests)
+        digests = {k: v for part in gathered for k, v in part.items()}
     if rank == 0:
         _sync_tree(tmp)
-        _write_json(tmp / COMPLETE, {"step": trainer_state["step"]})
+        write_manifest(tmp, trainer_state["step"], digests)
         _sync_tree(tmp)
-        if path.exists():  # a complete checkpoint of the same step (a re-run after a crash): replace it
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        _fsync(path.parent)
     _barrier()
-
-
-def prune_checkpoints(run_dir: Path, keep_last: int, keep_steps: set[int]) -> list[Path]:
-    """Delete complete checkpoints beyond the newest `keep_last`, except `keep_steps` (rank 0 only)."""
-    found = complete_checkpoints(run_dir)
-    doomed = [p for p in found[:-keep_last] if checkpoint_step(p) not in keep_steps] if keep_last else []
-    for p in doomed:
-        shutil.rmtree(p)
-    return doomed
-
-
-def remove_partial_checkpoints(run_dir: Path) -> None:
-    folder = Path(run_dir) / "checkpoints"
-    if folder.is_dir():
-        for p in folder.glob("step_*.tmp"):
-            shutil.rmtree(p, ignore_errors=True)
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -146,43 +254,19 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
             "Pass --reset_optimizer true to continue anyway (the moments restart from zero)"
         )
     model_state = get_model_state_dict(model)
-    _load_tensors(path / "model", model_state)
+    read_checkpoint_tensors(path / "model", model_state)
     set_model_state_dict(model, model_state)
     if optimizer is not None and has_optimizer:
         optim_state = get_optimizer_state_dict(model, optimizer, options=_OPTIONS)
         tensors = {k: v for k, v in optim_state.items() if torch.is_tensor(v)}
         meta = json.loads((path / "optimizer" / "param_groups.json").read_text())
-        _load_tensors(path / "optimizer", tensors, meta["aliases"])
+        read_checkpoint_tensors(path / "optimizer", tensors, meta["aliases"])
         set_optimizer_state_dict(model, optimizer, {**tensors, **meta["groups"]}, options=_OPTIONS)
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = path / "rng" / f"rank_{rank:05d}.json"
     if rng_file.is_file():  # a rank that did not exist in the saved run keeps its fresh seed
         _set_rng_state(json.loads(rng_file.read_text()))
     return json.loads((path / "trainer_state.json").read_text())
-
-
-def load_model_from(path: str | Path, with_tokenizer: bool = True):
-    """(model, tokenizer) from an exported model directory or a training checkpoint."""
-    path = Path(path)
-    if not (path / COMPLETE).is_file():
-        return load_model(path, with_tokenizer=with_tokenizer)
-    model = ScratchForCausalLM(ScratchConfig.from_pretrained(str(path)))
-    state = model.state_dict()
-    _load_tensors(path / "model", state)
-    model.load_state_dict(state)
-    return model, load_tokenizer(path / "tokenizer") if with_tokenizer else None
-
-
-def _load_tensors(folder: Path, template: dict, aliases: dict | None = None) -> None:
-    aliases = aliases if aliases is not None else json.loads((folder / "aliases.json").read_text())
-    wanted = {k: v for k, v in template.items() if k not in aliases}
-    try:
-        dcp.load(wanted, storage_reader=HuggingFaceStorageReader(str(folder)))
-    except Exception as err:  # noqa: BLE001 - DCP wraps every failure in its own exception types
-        raise ScratchError(f"cannot read {folder}: {str(err).strip().splitlines()[-1][:300]}") from None
-    template.update(wanted)
-    for alias, original in aliases.items():
-        template[alias] = template[original]
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -221,6 +305,11 @@ def _set_rng_state(state: dict) -> None:
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
+
+
+def _last_line(err: BaseException) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
 
 
 def _sync_tree(root: Path) -> None:

@@ -1,14 +1,18 @@
-"""The pretraining (and midtraining) configuration: one flat dataclass, read from YAML, overridable
-from the command line (`--config run.yaml --learning_rate 3e-4`), checked before any work starts.
+"""The pretraining (and midtraining) configuration: one flat dataclass, read from YAML, overridable from
+the command line (`--config run.yaml --learning_rate 3e-4`), checked before any work starts.
 
-Keys follow transformers' TrainingArguments names where one exists. An `env:` block in the YAML is
-exported before anything else runs (the place for NCCL_* and WANDB_* variables, as in TRL's CLI).
+Every key documents itself (`recipes/pretrain.py --help` prints it) and carries its own range check
+(`key(..., check=...)`); `validate` adds the checks that involve several keys, and every problem found
+is reported at once (litgpt's validate_args), not the first alone. Keys follow transformers'
+TrainingArguments names where one exists. An `env:` block in the YAML is exported before anything
+else runs (the place for NCCL_* and WANDB_* variables, as in TRL's CLI).
 """
 
 import os
 import sys
 import typing
 from dataclasses import dataclass, field, fields
+from typing import Annotated
 
 from transformers import HfArgumentParser
 
@@ -20,103 +24,151 @@ from .plan import Plan, resolve_plan
 SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
 
 
+def key(default, help: str):
+    """A config key's default and help text (`--help` prints it). Its range check, if any, is in its type:
+    `Annotated[int, positive]` (HfArgumentParser sees the plain type)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def positive(value):
+    return None if value > 0 else f"must be positive, got {value}"
+
+
+def not_negative(value):
+    return None if value >= 0 else f"must not be negative, got {value}"
+
+
+def one_of(*allowed):
+    return lambda value: None if value in allowed else f"must be one of {', '.join(allowed)}, got '{value}'"
+
+
+def within(low, high, high_open=False):
+    """In (low, high], or (low, high) when high_open."""
+
+    def check(value):
+        inside = low < value and (value < high if high_open else value <= high)
+        return None if inside else f"must be in ({low}, {high}{')' if high_open else ']'}, got {value}"
+
+    return check
+
+
 @dataclass
 class PretrainConfig:
-    output_dir: str
-    run_name: str = ""
-    stage: str = "pretrain"  # or "midtrain": how reports name the run
-    seed: int = 0
+    output_dir: str = field(metadata={"help": "the run directory: checkpoints, metrics, export (re-run to resume)"})
+    run_name: str = key("", "a name for wandb and reports (default: the run directory's name)")
+    stage: Annotated[str, one_of("pretrain", "midtrain")] = key("pretrain", "the pipeline stage this run is")
+    seed: int = key(0, "initial weights and data order")
 
-    # The model: exactly one of a preset, a model YAML (ScratchConfig keys + optional preset), or
-    # weights to start from (an exported model directory or a training checkpoint: midtraining; either
-    # may be on the Hub: hub://owner/name@revision).
-    model_preset: str = ""
-    model_config: str = ""
-    init_from: str = ""
+    # The model: exactly one of a preset, a model YAML, or weights to start from.
+    model_preset: str = key("", "a named model (scratchlm model info --help lists them)")
+    model_config: str = key("", "a model YAML: ScratchConfig keys, optionally over a `preset:`")
+    init_from: str = key("", "start from an export or checkpoint (midtraining); hub://owner/name@revision too")
 
-    # Data: prepared shards; prepared first from data_config if absent. For a run from nothing,
-    # default_data writes the embedded default and tokenizer_vocab_size trains the data config's
-    # tokenizer on its text sources, each only if absent.
-    data_dir: str = ""
-    data_config: str = ""
-    default_data: str = ""
-    tokenizer_vocab_size: int = 0
-    tokenizer_train_chars: int = 2_000_000_000  # the sample it trains on, split by source weight
-    seq_len: int = 0  # 0: the model's context length
-    document_masking: bool = True  # attention stays within each packed document
+    # Data
+    data_dir: str = key("", "prepared token shards (made from data_config first when absent)")
+    data_config: str = key("", "a `scratchlm data prepare` YAML that makes data_dir when it is absent")
+    default_data: str = key("", "write the embedded default dataset here first when it is absent")
+    tokenizer_vocab_size: Annotated[int, not_negative] = key(
+        0, "train data_config's tokenizer with this vocabulary on its text sources when it is absent"
+    )
+    tokenizer_train_chars: Annotated[int, positive] = key(2_000_000_000, "the tokenizer's sample, split by weight")
+    seq_len: Annotated[int, not_negative] = key(0, "window length in tokens (0: the model's context)")
+    document_masking: bool = key(True, "packed documents never attend to each other, in every forward we run")
 
-    # Horizon: exactly one of these is set.
-    max_steps: int = 0
-    max_tokens: int = 0
-    target_flops: float = 0.0
-    tokens_per_param: float = 0.0  # 20 is Chinchilla-optimal
-    extend_to: int = 0  # continue a finished run to this many steps, schedule re-planned
-    stop_at_step: int = 0  # end this session after this step, with a checkpoint (re-run to go on)
+    # Horizon: exactly one of max_steps, max_tokens, target_flops, tokens_per_param.
+    max_steps: Annotated[int, not_negative] = key(0, "horizon in optimizer steps")
+    max_tokens: Annotated[int, not_negative] = key(0, "horizon in tokens")
+    target_flops: Annotated[float, not_negative] = key(0.0, "horizon in training FLOPs")
+    tokens_per_param: Annotated[float, not_negative] = key(0.0, "horizon in tokens per parameter (Chinchilla: 20)")
+    extend_to: Annotated[int, not_negative] = key(0, "continue a finished run to this many steps, re-planned")
+    stop_at_step: Annotated[int, not_negative] = key(0, "end this session after this step, with a checkpoint")
 
-    # Batch: micro-batch and accumulation, or a target tokens per step that sets the accumulation.
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 0  # 0: from tokens_per_step, else 1
-    tokens_per_step: int = 0
+    # Batch
+    per_device_train_batch_size: Annotated[int, positive] = key(8, "windows per micro-batch per process")
+    gradient_accumulation_steps: Annotated[int, not_negative] = key(
+        0, "micro-batches per step (0: from tokens_per_step, else 1)"
+    )
+    tokens_per_step: Annotated[int, not_negative] = key(0, "global batch in tokens; accumulation follows the world")
 
     # Optimisation
-    learning_rate: float = 3e-4
-    min_lr: float = 0.0
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: int = 0
-    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying to min_lr
-    stage_boundary: int = 0  # two_stage: the first step of stage 2
-    stage1_final_lr: float = 0.0  # two_stage: lr reached at the end of stage 1
-    stage2_weight_decay: float = 0.0  # two_stage: weight decay from the boundary on
-    weight_decay: float = 0.1
-    embedding_weight_decay: bool = False
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    reset_optimizer: bool = False  # resume from a checkpoint without optimizer state (loudly)
+    learning_rate: Annotated[float, positive] = key(3e-4, "peak learning rate")
+    min_lr: Annotated[float, not_negative] = key(0.0, "learning rate at the end of the schedule")
+    lr_scheduler_type: Annotated[str, one_of(*SCHEDULES)] = key("cosine", "the schedule's shape")
+    warmup_steps: Annotated[int, not_negative] = key(0, "linear warmup steps")
+    decay_fraction: Annotated[float, within(0, 1)] = key(0.2, "wsd: the share of steps spent decaying to min_lr")
+    stage_boundary: Annotated[int, not_negative] = key(0, "two_stage: the first step of stage 2")
+    stage1_final_lr: Annotated[float, not_negative] = key(0.0, "two_stage: learning rate at the end of stage 1")
+    stage2_weight_decay: Annotated[float, not_negative] = key(0.0, "two_stage: weight decay from the boundary on")
+    weight_decay: Annotated[float, not_negative] = key(0.1, "AdamW weight decay of matrices (norms never decay)")
+    embedding_weight_decay: bool = key(False, "decay the embeddings and the LM head too")
+    adam_beta1: Annotated[float, within(0, 1, high_open=True)] = key(0.9, "AdamW beta1")
+    adam_beta2: Annotated[float, within(0, 1, high_open=True)] = key(0.95, "AdamW beta2")
+    adam_epsilon: Annotated[float, positive] = key(1e-8, "AdamW epsilon")
+    max_grad_norm: Annotated[float, not_negative] = key(1.0, "clip the global gradient norm to this (0: never)")
+    reset_optimizer: bool = key(False, "resume from a checkpoint without optimizer state (loudly)")
 
     # Speed and memory
-    bf16: bool | None = None  # None: on when the GPU supports it; never on CPU
-    gradient_checkpointing: bool = False
-    torch_compile: bool = False
-    attn_implementation: str = ""  # sdpa, eager, flash_attention_2, flex_attention; "": automatic
+    bf16: bool | None = key(None, "bf16 mixed precision (default: on when the GPU supports it; never on a CPU)")
+    gradient_checkpointing: bool = key(False, "recompute each decoder layer in backward: less memory, slower")
+    torch_compile: bool = key(False, "compile every decoder block (one graph serves all of them)")
+    attn_implementation: str = key(
+        "", "sdpa, eager, flex_attention or flash_attention_2 ('': flex_attention on a GPU with document masking)"
+    )
+    reshard_after_forward: bool | None = key(
+        None, "FSDP2: free gathered layers after forward (default: the accelerate config's, else true)"
+    )
+    reduce_dtype: Annotated[str, one_of("float32", "bfloat16")] = key(
+        "float32", "FSDP2: the dtype gradients are reduced and accumulated in"
+    )
 
     # Checkpoints
-    save_steps: int = 1000
-    save_minutes: float = 0.0
-    save_total_limit: int = 3
-    milestones: list[int] = field(default_factory=list)  # steps whose checkpoints are never deleted
-    export_format: str = "scratch"
-    # Hub backup: each checkpoint uploaded in the background to branch step_XXXXXXXX of hub_model_id,
-    # the export to main (see hub.py); the token comes from HF_TOKEN or `hf auth login`, never from here.
-    push_to_hub: bool = False
-    hub_model_id: str = ""  # owner/name
-    hub_private_repo: bool = True
-    hub_retry_seconds: float = 30.0  # first retry of a failed upload; doubles, 5 attempts in all
+    save_steps: Annotated[int, not_negative] = key(1000, "save every this many steps (0: never by count)")
+    save_minutes: Annotated[float, not_negative] = key(0.0, "also save when this many minutes passed since the last")
+    save_total_limit: Annotated[int, positive] = key(3, "checkpoints kept, besides milestones")
+    milestones: list[int] = key([], "steps whose checkpoints are saved and never deleted")
+    export_format: Annotated[str, one_of("scratch", "llama", "bitnet-packed")] = key("scratch", "the export's format")
+    # Hub backup: the token comes from HF_TOKEN or `hf auth login`, never from here.
+    push_to_hub: bool = key(False, "upload each checkpoint (branch step_XXXXXXXX) and the export (main)")
+    hub_model_id: str = key("", "owner/name of the Hub repository")
+    hub_private_repo: bool = key(True, "create the Hub repository private")
+    hub_retry_seconds: Annotated[float, not_negative] = key(30.0, "first retry of a failed upload (doubles, 5 tries)")
 
     # Monitoring
-    logging_steps: int = 10
-    eval_steps: int = 0
-    eval_windows: int = 64  # validation windows per source per evaluation
-    sample_steps: int = 0
-    sample_prompts: list[str] = field(default_factory=list)
-    sample_max_new_tokens: int = 32
-    # At eval_steps too, every process scoring everything (see eval/core.py):
-    probes: str = ""  # jsonl of {prompt, answer}: probe accuracy
-    core_bundle: str = ""  # a CORE bundle directory
-    core_max_per_task: int = 16
-    report_to: str = "none"  # or "wandb"
-    wandb_project: str = "scratchlm"
-    on_nonfinite: str = "stop"  # or "skip": drop the batch, count it, go on
-    spike_factor: float = 3.0  # warn when loss exceeds this multiple of its running average
-    usd_per_gpu_hour: float = 0.0
-    peak_tflops: float = 0.0  # 0: from the GPU's name (RTX 4090 165, A100 312, H100/H200 989)
+    logging_steps: Annotated[int, positive] = key(10, "a metrics record every this many steps")
+    eval_steps: Annotated[int, not_negative] = key(0, "validation loss, bits per byte, probes, CORE this often")
+    eval_windows: Annotated[int, positive] = key(64, "validation windows per source per evaluation")
+    sample_steps: Annotated[int, not_negative] = key(0, "generate from the sample prompts this often")
+    sample_prompts: list[str] = key([], "prompts whose greedy and sampled continuations are kept")
+    sample_max_new_tokens: Annotated[int, positive] = key(32, "tokens generated per sample")
+    probes: str = key("", "a jsonl of prompt and answer: probe accuracy at eval_steps")
+    core_bundle: str = key("", "a CORE bundle directory: CORE at eval_steps")
+    core_max_per_task: Annotated[int, not_negative] = key(16, "CORE items per task during training")
+    report_to: Annotated[str, one_of("none", "wandb")] = key("none", "wandb too (offline without a key)")
+    wandb_project: str = key("scratchlm", "the wandb project")
+    on_nonfinite: Annotated[str, one_of("stop", "skip")] = key("stop", "a non-finite loss stops, or skips the batch")
+    spike_factor: Annotated[float, not_negative] = key(3.0, "warn at a loss this many times its running average")
+    usd_per_gpu_hour: Annotated[float, not_negative] = key(0.0, "price of one GPU hour, for the run's cost")
+    peak_tflops: Annotated[float, not_negative] = key(0.0, "dense bf16 peak for MFU (0: from the GPU's name)")
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
+        annotated = typing.get_type_hints(type(self), include_extras=True)
+        problems = []
         for f in fields(self):  # YAML values arrive untyped: check them like the command line does
-            setattr(self, f.name, convert(getattr(self, f.name), hints[f.name], f"config: '{f.name}'"))
-        self.validate()
+            try:
+                value = convert(getattr(self, f.name), hints[f.name], f"'{f.name}'")
+            except ScratchError as err:
+                problems.append(str(err))
+                continue
+            setattr(self, f.name, value)
+            for check in getattr(annotated[f.name], "__metadata__", ()):
+                if value is not None and (problem := check(value)):
+                    problems.append(f"'{f.name}' {problem}")
+        problems += self.problems() if not problems else []
+        if problems:
+            raise ScratchError("config: " + "; ".join(problems))
 
     def plan(self, stats: dict, seq_len: int, world_size: int) -> Plan:
         """Horizon and batch resolved for a model (stats from model_stats) and a world size."""
@@ -133,69 +185,25 @@ class PretrainConfig:
             tokens_per_param=self.tokens_per_param,
         )
 
-    def validate(self) -> None:
-        def fail(message: str):
-            raise ScratchError(f"config: {message}")
-
+    def problems(self) -> list[str]:
+        """What involves several keys."""
+        found = []
         if sum(bool(x) for x in (self.model_preset, self.model_config, self.init_from)) != 1:
-            fail("set exactly one of model_preset, model_config, init_from")
+            found.append("set exactly one of model_preset, model_config, init_from")
         if not self.data_dir:
-            fail("'data_dir' is required (prepared shards, or where data_config prepares them)")
+            found.append("'data_dir' is required (prepared shards, or where data_config prepares them)")
         if sum(bool(x) for x in (self.max_steps, self.max_tokens, self.target_flops, self.tokens_per_param)) != 1:
-            fail("set exactly one horizon: max_steps, max_tokens, target_flops or tokens_per_param")
+            found.append("set exactly one horizon: max_steps, max_tokens, target_flops or tokens_per_param")
         if self.gradient_accumulation_steps and self.tokens_per_step:
-            fail("set gradient_accumulation_steps or tokens_per_step, not both")
-        positive = ["per_device_train_batch_size", "learning_rate", "logging_steps", "save_total_limit"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                fail(f"'{name}' must be positive, got {getattr(self, name)}")
-        nonnegative = [
-            "max_steps",
-            "max_tokens",
-            "target_flops",
-            "tokens_per_param",
-            "warmup_steps",
-            "min_lr",
-            "weight_decay",
-            "max_grad_norm",
-            "save_steps",
-            "save_minutes",
-            "eval_steps",
-            "sample_steps",
-            "core_max_per_task",
-            "seq_len",
-            "extend_to",
-            "usd_per_gpu_hour",
-            "hub_retry_seconds",
-            "peak_tflops",
-            "tokens_per_step",
-        ]
-        for name in nonnegative:
-            if getattr(self, name) < 0:
-                fail(f"'{name}' must not be negative, got {getattr(self, name)}")
-        if self.lr_scheduler_type not in SCHEDULES:
-            fail(f"'lr_scheduler_type' must be one of {', '.join(SCHEDULES)}, got '{self.lr_scheduler_type}'")
+            found.append("set gradient_accumulation_steps or tokens_per_step, not both")
         if self.min_lr > self.learning_rate:
-            fail(f"'min_lr' ({self.min_lr}) is above 'learning_rate' ({self.learning_rate})")
-        if not 0 < self.decay_fraction <= 1:
-            fail(f"'decay_fraction' must be in (0, 1], got {self.decay_fraction}")
+            found.append(f"'min_lr' ({self.min_lr}) is above 'learning_rate' ({self.learning_rate})")
         if self.lr_scheduler_type == "two_stage" and not (self.stage_boundary > 0 and self.stage1_final_lr > 0):
-            fail("two_stage needs 'stage_boundary' (a step) and 'stage1_final_lr'")
-        if not 0 < self.adam_beta1 < 1 or not 0 < self.adam_beta2 < 1:
-            fail("'adam_beta1' and 'adam_beta2' must be in (0, 1)")
-        choices = {
-            "on_nonfinite": ("stop", "skip"),
-            "report_to": ("none", "wandb"),
-            "export_format": ("scratch", "llama", "bitnet-packed"),
-            "stage": ("pretrain", "midtrain"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                fail(f"'{name}' must be one of {', '.join(allowed)}, got '{getattr(self, name)}'")
+            found.append("two_stage needs 'stage_boundary' (a step) and 'stage1_final_lr'")
         if self.push_to_hub and not self.hub_model_id:
-            fail("push_to_hub needs 'hub_model_id' (owner/name)")
+            found.append("push_to_hub needs 'hub_model_id' (owner/name)")
         if "@" in self.hub_model_id:
-            fail("'hub_model_id' is a repository (owner/name): each checkpoint gets its own branch")
+            found.append("'hub_model_id' is a repository (owner/name): each checkpoint gets its own branch")
         hub_specs = {"hub_model_id": self.hub_model_id}
         if self.init_from.startswith(HUB_PREFIX):
             hub_specs["init_from"] = self.init_from.removeprefix(HUB_PREFIX)
@@ -204,11 +212,12 @@ class PretrainConfig:
                 if spec:
                     parse_repo_spec(spec)
             except ScratchError as err:
-                fail(f"'{name}': {err}")
+                found.append(f"'{name}': {err}")
         if self.gradient_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true":
-            fail(
+            found.append(
                 "gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing are both on; use one"
             )
+        return found
 
 
 def parse_pretrain_args(argv: list[str] | None = None) -> PretrainConfig:
@@ -226,9 +235,9 @@ def parse_pretrain_args(argv: list[str] | None = None) -> PretrainConfig:
         for name, value in env.items():
             os.environ[str(name)] = str(value)
         known = {f.name for f in fields(PretrainConfig)}
-        for key in values:
-            if key not in known:
-                raise unknown_key_error(key, known, path)
+        for name in values:
+            if name not in known:
+                raise unknown_key_error(name, known, path)
     parser = HfArgumentParser(PretrainConfig, allow_abbrev=False)  # --max_step must not mean --max_steps
     parser.set_defaults(**values)
     for action in parser._actions:  # a key given in the YAML is no longer required on the command line

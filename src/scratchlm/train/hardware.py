@@ -6,6 +6,8 @@ and only under `accelerate launch`; we check the machine itself and say what we 
 """
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ import torch
 
 def prepare_environment() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation, fewer OOMs
+    follow_the_launcher()
     if not torch.cuda.is_available():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Without this, accelerate leaves each CPU process training alone on the same data.
@@ -24,6 +27,27 @@ def prepare_environment() -> None:
             os.environ[name] = value
             if int(os.environ.get("LOCAL_RANK", "0")) == 0:
                 print(f"scratchlm: set {name}={value} ({NCCL_REASONS[name]})")
+
+
+def follow_the_launcher() -> None:
+    """SIGTERM to `accelerate launch` with one process kills the launcher but not this process (its simple
+    launcher passes no signal on), which then trains on unseen, beside whatever runs next. So when our
+    parent is accelerate's launcher, its death delivers SIGTERM here too (Linux's parent-death signal),
+    and the loop stops cleanly. torchrun, the multi-process launcher, forwards signals itself."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        command = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return
+    if not any(part.endswith(b"accelerate") for part in command) or b"launch" not in command:
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 NCCL_REASONS = {

@@ -1,24 +1,17 @@
 """The pretraining loop: `accelerate launch recipes/pretrain.py --config recipes/<run>/pretrain.yaml`.
 
-Read top to bottom: environment, data, model, plan, resume, the loop, export. Every decision that
-would cost GPU hours if wrong (a bad key, a tokenizer that does not fit, a batch that does not
-divide, a checkpoint without optimizer state) is taken before the first step.
+setup → fit → finish. Setup takes every decision that would cost GPU hours if wrong (a bad key, a
+tokenizer that does not fit, a batch that does not divide, a checkpoint without optimizer state, a
+second run in the same directory) before the first step; fit is the loop; finish exports.
 """
 
 import json
-import math
-import os
-import shutil
-import time
-from contextlib import nullcontext
-from dataclasses import asdict
+import signal
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from ..config import read_yaml
 from ..data.default import write_default
@@ -26,289 +19,255 @@ from ..data.loader import WindowLoader
 from ..data.prepare import prepare, read_prepare_config
 from ..data.shards import TokenShards
 from ..errors import ScratchError
-from ..eval.bpb import evaluate_bpb, token_byte_lengths
-from ..eval.chat import read_rows
-from ..eval.core import evaluate_core, load_bundle
-from ..eval.probes import probe_accuracy
 from ..hub import CheckpointUploader, check_write_access, resolve_model_source
 from ..model import ScratchConfig, ScratchForCausalLM
 from ..model.bitnet import bitnet_stats
-from ..model.files import attention_backend, save_model
+from ..model.card import write_model_card
+from ..model.files import attention_backend, export_model, load_model_from
 from ..model.info import model_stats
 from ..model.presets import build_config
-from ..report import write_model_card
+from ..run_dir import RunDir, RunLock
 from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
-from . import checkpoint as ckpt
+from .checkpoint import Checkpointer, resume_point
 from .config import PretrainConfig
+from .evaluate import Evaluator
 from .hardware import describe_hardware, prepare_environment
-from .monitor import Progress, RunLog, SpikeDetector, generate_samples, is_finite, memory_stats
+from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
+from .parallel import World, start_world, unwrapped, wrap_model
 from .plan import peak_flops_of
 from .schedule import Schedule
+from .state import TrainState
+from .step import Stepper
+
+
+class Stopped(Exception):
+    """A signal asked the run to stop; it saved its progress first."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step:,}; re-run the command to continue")
+        self.signum = signum
+
+
+@dataclass
+class Training:
+    """What setup() made and fit() and finish() use."""
+
+    config: PretrainConfig
+    world: World
+    run: RunDir
+    lock: RunLock
+    model: torch.nn.Module  # what the step calls (DDP-wrapped under DDP)
+    model_config: ScratchConfig
+    tokenizer: object
+    optimizer: torch.optim.Optimizer
+    loader: WindowLoader
+    plan: object
+    schedule: Schedule
+    state: TrainState
+    checkpointer: Checkpointer
+    stepper: Stepper
+    evaluator: Evaluator
+    meter: Meter
+    log: RunLog
+    progress: Progress
+    resumed_from: Path | None
+
+    @property
+    def raw_model(self) -> torch.nn.Module:
+        return unwrapped(self.model)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.log.close()
+        self.lock.release()
 
 
 def train(config: PretrainConfig) -> Path:
     """Train (or resume) the run in config.output_dir; returns the run directory."""
-    prepare_environment()
-    from accelerate import Accelerator  # after the environment: it starts the process group
+    t = setup(config)
+    try:
+        fit(t)
+        finish(t)
+    finally:
+        t.close()
+    t.world.close()
+    return t.run.path
 
-    on_gpu = torch.cuda.is_available()
-    bf16 = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
-        raise ScratchError(
-            f"launched {expected} processes but accelerate runs {accelerator.num_processes}: each "
-            "would train alone on the same data"
-        )
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    run_dir = Path(config.output_dir)
-    if config.push_to_hub:  # a refused token is found now, not at the first checkpoint
+
+# --- fit ---------------------------------------------------------------------------------------------
+
+
+def fit(t: Training) -> None:
+    stop = StopRequest()
+    spikes = SpikeDetector(t.config.spike_factor)
+    usd_per_hour = t.config.usd_per_gpu_hour * t.world.size
+    t.state.start_clock()
+    t.model.train()
+    try:
+        run_steps(t, stop, spikes, usd_per_hour)
+    finally:
+        stop.restore()
+
+
+def run_steps(t: Training, stop: "StopRequest", spikes: SpikeDetector, usd_per_hour: float) -> None:
+    while not t.state.done:
+        step = t.state.step
+        lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
+        set_hyperparameters(t.optimizer, lr, weight_decay)
+        result = t.stepper.step(step + 1, stop.requested is not None, t.checkpointer.latest)
+        t.state.advance(t.plan.tokens_per_step, usd_per_hour)
+        t.state.skipped_steps += result.skipped
+        if result.skipped:
+            t.progress.write(f"non-finite loss or grad norm at step {t.state.step}; batch skipped (on_nonfinite: skip)")
+        if spikes.is_spike(result.loss):
+            t.progress.write(
+                f"warning: loss spike at step {t.state.step}: {result.loss:.3f} (running average {spikes.average:.3f})"
+            )
+        t.meter.add(result.checksum)
+        t.progress.advance()
+        done, step = t.state.done, t.state.step
+        if step % t.config.logging_steps == 0 or step == 1 or done:
+            extra = bitnet_stats(t.raw_model, result.first_inputs[:1])  # {} unless the model is BitNet
+            phase = t.schedule.phase(step - 1)
+            record = t.meter.record(t.state, result, lr, weight_decay, phase, t.loader.epochs(), extra)
+            t.log.metrics(record)
+            t.progress.update(record)
+        stopping = step == t.config.stop_at_step or result.stop_requested
+        t.checkpointer.maybe_save(step, done, stopping)
+        t.evaluator.maybe_run(step, t.state.tokens, done)
+        if result.stop_requested and not done:
+            raise Stopped(stop.requested or signal.SIGTERM, step)
+        if stopping and not done:
+            t.progress.write(f"stopped at step {step:,} (stop_at_step); re-run the command to continue")
+            break
+
+
+def finish(t: Training) -> None:
+    """The export (a finished run only), its model card, the last uploads."""
+    uploader = t.checkpointer.uploader
+    if t.state.done:
+        export_model(t.raw_model, t.model_config, t.tokenizer, t.run.export, t.config.export_format, t.world.main)
+        if t.world.main:
+            write_model_card(t.run, data_description(t.config.data_dir))
+            if uploader:
+                uploader.submit(t.run.export, "main")
+    t.world.barrier()
+    if uploader:  # after the last collective: the other ranks must not sit in a barrier (NCCL times out)
+        uploader.finish()
+
+
+class StopRequest:
+    """SIGTERM or SIGINT ask the run to stop at the end of the current step, with a checkpoint; a second
+    SIGINT (Ctrl-C twice) stops at once."""
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+        print(f"scratchlm: {signal.Signals(signum).name}: stopping after this step, with a checkpoint", flush=True)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --- setup -------------------------------------------------------------------------------------------
+
+
+def setup(config: PretrainConfig) -> Training:
+    prepare_environment()
+    world = start_world()
+    run = RunDir(config.output_dir)
+    lock = take_lock(run, world)
+    bf16 = config.bf16 if config.bf16 is not None else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if config.push_to_hub and world.main:  # a refused token is found now, not at the first checkpoint
         check_write_access(config.hub_model_id, config.hub_private_repo)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
 
-    # --- data --------------------------------------------------------------------------------------
-    with accelerator.main_process_first():
+    if world.main:  # the other ranks wait, then read what rank 0 prepared
         prepare_data(config)
+    world.barrier()
     tokenizer = load_tokenizer(Path(config.data_dir) / "tokenizer")
     shards = TokenShards(config.data_dir, tokenizer)
-    core_tasks = load_bundle(config.core_bundle) if config.core_bundle else None  # checked now, not at step 1,000
-    probes = read_rows(config.probes, ("prompt", "answer")) if config.probes else None
 
-    # --- model -------------------------------------------------------------------------------------
-    if main:
-        ckpt.remove_partial_checkpoints(run_dir)
-    accelerator.wait_for_everyone()
-    resume_from = ckpt.latest_checkpoint(run_dir)
+    resume_from = resume_point(run, world)
     model, model_config = build_model(config, resume_from, tokenizer)
-    seq_len = config.seq_len or model_config.max_position_embeddings
-    if seq_len > model_config.max_position_embeddings:
-        raise ScratchError(
-            f"config: seq_len {seq_len} exceeds the model's context "
-            f"(max_position_embeddings {model_config.max_position_embeddings})"
-        )
+    seq_len = check_seq_len(config, model_config)
     stats = model_stats(model_config, seq_len)
-    plan = config.plan(stats, seq_len, world)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizer = build_optimizer(model, config)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    raw_model, raw_optimizer = accelerator.unwrap_model(model), optimizer.optimizer
-    if config.torch_compile:
-        model = torch.compile(model)
-    device = accelerator.device
-    loader = WindowLoader(shards, seq_len, plan.micro_batch, rank, world, config.seed)
-
-    # --- resume ------------------------------------------------------------------------------------
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "cost_usd": 0.0, "skipped_steps": 0, "total_steps": plan.steps}
+    plan = config.plan(stats, seq_len, world.size)
+    model = wrap_model(model, world, config, bf16)
+    optimizer = build_optimizer(unwrapped(model), config)  # after sharding: FSDP2 replaces the parameters
+    loader = WindowLoader(shards, seq_len, plan.micro_batch, world.rank, world.size, config.seed)
+    state = TrainState(total_steps=plan.steps)
+    checkpointer = Checkpointer(
+        run, config, world, unwrapped(model), optimizer, model_config, tokenizer,
+        states={"train_state": state, "loader": loader},
+        record={"plan": plan.as_dict(), "config": asdict(config)},
+    )  # fmt: skip
     if resume_from is not None:
-        saved = ckpt.load_checkpoint(resume_from, raw_model, raw_optimizer, config.reset_optimizer)
-        if saved["plan"]["tokens_per_step"] != plan.tokens_per_step:
-            raise ScratchError(
-                f"{resume_from} was trained with {saved['plan']['tokens_per_step']:,} tokens per step, this launch "
-                f"gives {plan.tokens_per_step:,} (micro-batch x seq_len x accumulation x world size); keep the "
-                "global batch: set tokens_per_step so accumulation follows the world size"
-            )
-        loader.load_state_dict(saved["loader"])
-        state.update(saved["state"])
-        if plan.steps != state["total_steps"]:
-            accelerator.print(
-                f"note: the config's horizon is {plan.steps:,} steps but the run's is "
-                f"{state['total_steps']:,}; keeping the run's (use --extend_to to lengthen it)"
-            )
-    schedule = Schedule.from_config(config, state["total_steps"])
+        saved = checkpointer.load(resume_from)
+        check_same_batch(resume_from, saved["plan"], plan)
+        if plan.steps != state.total_steps:
+            print_main(world, f"note: the config's horizon is {plan.steps:,} steps but the run's is "
+                       f"{state.total_steps:,}; keeping the run's (use --extend_to to lengthen it)")  # fmt: skip
+    schedule = Schedule.from_config(config, state.total_steps)
     if config.extend_to:
-        state["total_steps"] = extend(schedule, state, config.extend_to, accelerator.print)
-        schedule = Schedule.from_config(config, state["total_steps"])
+        state.total_steps = extend(schedule, state, config.extend_to, lambda m: print_main(world, m))
+        schedule = Schedule.from_config(config, state.total_steps)
+    checkpointer.record["schedule"] = asdict(schedule)
+    checkpointer.forced |= schedule.forced_checkpoints()
 
-    log = RunLog(run_dir, main, asdict(config), config.report_to, config.wandb_project, config.run_name)
-    if main:
-        write_run_files(run_dir, config, plan, state, stats, world)
-    describe(accelerator.print, plan, state, resume_from, model_config, world, bf16, shards)
-    peak = config.peak_tflops * 1e12 or (peak_flops_of(torch.cuda.get_device_name(device)) if on_gpu else 0.0)
-    token_bytes = token_byte_lengths(tokenizer, model_config.vocab_size)
-    uploader = None
-    if config.push_to_hub and main:
-        uploader = CheckpointUploader(
-            config.hub_model_id, config.hub_private_repo, config.hub_retry_seconds, say=tqdm.write
+    log = RunLog(run, world.main, asdict(config), config.report_to, config.wandb_project, config.run_name)
+    if world.main:
+        if resume_from is not None:
+            run.drop_records_after(state.step)  # the steps after it are about to be trained again
+        write_run_files(run, config, plan, state, stats, world.size)
+    describe(lambda m: print_main(world, m), plan, state, resume_from, model_config, world.size, bf16, shards)
+    progress = Progress(world.main, state.total_steps, state.step)
+    evaluator = Evaluator(config, unwrapped(model), tokenizer, shards, seq_len, plan.micro_batch, world, bf16, log,
+                          progress)  # fmt: skip
+    if config.push_to_hub and world.main:
+        checkpointer.uploader = CheckpointUploader(
+            config.hub_model_id, config.hub_private_repo, config.hub_retry_seconds, say=progress.write
         )
         if resume_from is not None:  # its upload may have been cut short (files already there are not sent again)
-            uploader.submit(resume_from, resume_from.name)
-
-    def save(reason: str) -> None:
-        trainer_state = {
-            "step": state["step"],
-            "state": dict(state),
-            "loader": loader.state_dict(),
-            "plan": plan.as_dict(),
-            "schedule": asdict(schedule),
-            "config": asdict(config),
-            "reason": reason,
-        }
-        path = ckpt.checkpoint_path(run_dir, state["step"])
-        ckpt.save_checkpoint(
-            path,
-            raw_model,
-            raw_optimizer,
-            trainer_state,
-            model_config,
-            tokenizer,
-        )
-        if main:
-            keep = set(config.milestones) | schedule.forced_checkpoints()
-            if uploader:
-                uploader.submit(path, path.name)
-                keep |= {ckpt.checkpoint_step(p) for p in uploader.busy_folders()}  # not deleted under its upload
-            ckpt.prune_checkpoints(run_dir, config.save_total_limit, keep)
-
-    def evaluate() -> dict:
-        with accelerator.autocast():
-            result = evaluate_bpb(
-                raw_model,
-                shards,
-                token_bytes,
-                seq_len,
-                plan.micro_batch,
-                config.eval_windows,
-                config.document_masking,
-                rank,
-                world,
-            )
-            if probes:
-                result["probe_accuracy"] = probe_accuracy(raw_model, tokenizer, probes)["probe_accuracy"]
-            if core_tasks:
-                core = evaluate_core(raw_model, tokenizer, core_tasks, config.core_max_per_task, split=False)
-                result["core"] = core["core"]
-        return result
-
-    # --- the loop ----------------------------------------------------------------------------------
-    progress = Progress(main, state["total_steps"], state["step"])
-    spikes = SpikeDetector(config.spike_factor)
-    session_start = time.perf_counter()
-    base_elapsed, base_cost = state["elapsed_s"], state["cost_usd"]
-    interval = {"start": time.perf_counter(), "steps": 0, "checksum": 0}
-    last_save = time.perf_counter()
-    model.train()
-    while state["step"] < state["total_steps"]:
-        step = state["step"]
-        lr, weight_decay = schedule.lr(step), schedule.weight_decay_at(step)
-        set_hyperparameters(optimizer, lr, weight_decay)
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(plan.accumulation):
-            batch = next(loader)
-            interval["checksum"] += window_checksum(batch["window_ids"])
-            inputs, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-            kwargs = {"position_ids": batch["position_ids"].to(device)} if config.document_masking else {}
-            sync = micro == plan.accumulation - 1
-            with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                logits = model(input_ids=inputs, **kwargs).logits
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
-                accelerator.backward(loss / plan.accumulation)
-            loss_sum += loss.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
-        mean_loss = accelerator.reduce(loss_sum / plan.accumulation, "mean").item()
-        grad_norm = float(grad_norm)
-        state["step"] += 1
-        state["tokens"] += plan.tokens_per_step
-        if not is_finite(mean_loss, grad_norm):
-            optimizer.zero_grad(set_to_none=True)
-            where = ckpt.latest_checkpoint(run_dir)
-            message = (
-                f"non-finite loss ({mean_loss}) or grad norm ({grad_norm}) at step {state['step']}; "
-                f"last good checkpoint: {where or 'none yet'}"
-            )
-            if config.on_nonfinite == "stop":
-                log.close()
-                raise ScratchError(message + "; stopped before the optimizer step")
-            state["skipped_steps"] += 1
-            progress.write(message + "; batch skipped (on_nonfinite: skip)")
-        else:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if spikes.is_spike(mean_loss):
-            progress.write(
-                f"warning: loss spike at step {state['step']}: {mean_loss:.3f} (running average {spikes.average:.3f})"
-            )
-        progress.advance()
-        interval["steps"] += 1
-        state["elapsed_s"] = base_elapsed + time.perf_counter() - session_start
-        state["cost_usd"] = base_cost + (state["elapsed_s"] - base_elapsed) / 3600 * config.usd_per_gpu_hour * world
-        done = state["step"] == state["total_steps"]
-
-        if state["step"] % config.logging_steps == 0 or state["step"] == 1 or done:
-            seconds = time.perf_counter() - interval["start"]
-            tok_per_s = interval["steps"] * plan.tokens_per_step / seconds
-            checksum = torch.tensor(interval["checksum"], dtype=torch.int64, device=device)
-            record = {
-                "step": state["step"],
-                "tokens": state["tokens"],
-                "loss": mean_loss,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "grad_norm": grad_norm,
-                "tok_per_s": tok_per_s,
-                "mfu": tok_per_s * plan.flops_per_token / (peak * world) if peak else None,
-                **memory_stats(device),
-                "elapsed_s": state["elapsed_s"],
-                "cost_usd": state["cost_usd"],
-                "stage": schedule.stage(step),
-                "skipped_steps": state["skipped_steps"],
-                "eta_s": (state["total_steps"] - state["step"]) * seconds / interval["steps"],
-                "windows_checksum": int(accelerator.reduce(checksum, "sum").item()),
-                "epochs": loader.epochs(),
-                **bitnet_stats(raw_model, inputs[:1]),  # {} unless the model is BitNet
-            }
-            log.metrics(record)
-            progress.update(record)
-            interval = {"start": time.perf_counter(), "steps": 0, "checksum": 0}
-        # Saved before the evaluations: a failing evaluation must not cost the steps since the last save.
-        timed = config.save_minutes and agree(time.perf_counter() - last_save >= 60 * config.save_minutes)
-        forced = state["step"] in schedule.forced_checkpoints() or state["step"] in config.milestones
-        stopping = state["step"] == config.stop_at_step
-        if done or forced or timed or stopping or (config.save_steps and state["step"] % config.save_steps == 0):
-            save("end" if done else "forced" if forced else "stop" if stopping else "timed" if timed else "interval")
-            last_save = time.perf_counter()
-        if config.eval_steps and (state["step"] % config.eval_steps == 0 or done):
-            result = evaluate()
-            log.metrics({"step": state["step"], "tokens": state["tokens"], **result})
-            extra = "".join(
-                f", {name} {result[key]:.4f}"
-                for key, name in (("probe_accuracy", "probes"), ("core", "CORE"))
-                if key in result
-            )
-            progress.write(
-                f"step {state['step']}: val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}{extra}"
-            )
-        if config.sample_steps and (state["step"] % config.sample_steps == 0 or done):
-            log.samples(
-                generate_samples(
-                    raw_model,
-                    tokenizer,
-                    config.sample_prompts,
-                    config.sample_max_new_tokens,
-                    state["step"],
-                    config.seed,
-                )
-            )
-        if stopping and not done:
-            progress.write(f"stopped at step {state['step']:,} (stop_at_step); re-run the command to continue")
-            break
-    progress.close()
-    log.close()
-    if state["step"] == state["total_steps"]:
-        export(run_dir, raw_model, model_config, tokenizer, config.export_format, main)
-        if main:
-            write_model_card(run_dir, data_description(config.data_dir))
-            if uploader:
-                uploader.submit(run_dir / "export", "main")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if uploader:  # after the last collective: the other ranks must not sit in a barrier (NCCL times out)
-        uploader.finish()
-    return run_dir
+            checkpointer.uploader.submit(resume_from, resume_from.name)
+    if resume_from is not None:
+        evaluator.catch_up(state.step, state.tokens, state.done, run.metrics() + run.samples() if world.main else [])
+    peak = config.peak_tflops * 1e12 or (
+        peak_flops_of(torch.cuda.get_device_name()) if world.device.type == "cuda" else 0
+    )
+    return Training(
+        config=config, world=world, run=run, lock=lock, model=model, model_config=model_config, tokenizer=tokenizer,
+        optimizer=optimizer, loader=loader, plan=plan, schedule=schedule, state=state, checkpointer=checkpointer,
+        stepper=Stepper(model, optimizer, loader, plan.accumulation, world, bf16, config),
+        evaluator=evaluator, meter=Meter(plan, peak, world.size, world.device), log=log, progress=progress,
+        resumed_from=resume_from,
+    )  # fmt: skip
 
 
-# --- the pieces ------------------------------------------------------------------------------------
+def take_lock(run: RunDir, world: World) -> RunLock:
+    """Rank 0 holds the run directory's lock for the run's life; a refusal stops every rank."""
+    lock, refusal = RunLock(run), None
+    if world.main:
+        try:
+            lock.acquire()
+        except ScratchError as err:
+            refusal = str(err)
+    refusal = world.broadcast(refusal)
+    if refusal:
+        raise ScratchError(refusal)
+    return lock
+
+
+def print_main(world: World, message: str) -> None:
+    if world.main:
+        print(message, flush=True)
 
 
 def prepare_data(config: PretrainConfig) -> None:
@@ -347,7 +306,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     model_config.bos_token_id = tokenizer.bos_token_id
     model_config.eos_token_id = tokenizer.eos_token_id
     model_config.pad_token_id = tokenizer.pad_token_id
-    model_config._attn_implementation = config.attn_implementation or attention_backend()
+    model_config._attn_implementation = config.attn_implementation or attention_backend(config.document_masking)
     if model is None:
         model = ScratchForCausalLM(model_config)
     model.config._attn_implementation = model_config._attn_implementation
@@ -357,7 +316,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
 def load_initial_weights(source: str, tokenizer):
     """Midtraining starts from an exported model directory or a training checkpoint, whose tokenizer
     must be the one the new data was prepared with (else every token id means something else)."""
-    model, own_tokenizer = ckpt.load_model_from(resolve_model_source(source))
+    model, own_tokenizer = load_model_from(resolve_model_source(source))
     if tokenizer_hash(own_tokenizer) != tokenizer_hash(tokenizer):
         raise ScratchError(
             f"init_from {source} was trained with another tokenizer than the one this run's data "
@@ -372,16 +331,35 @@ def load_initial_weights(source: str, tokenizer):
     return model, model.config
 
 
-def extend(schedule: Schedule, state: dict, extend_to: int, say) -> int:
-    if extend_to <= state["total_steps"]:
-        if extend_to < state["step"]:
-            raise ScratchError(f"extend_to {extend_to} is before the current step {state['step']}")
-        return state["total_steps"]
-    step = state["step"]
+def check_seq_len(config: PretrainConfig, model_config) -> int:
+    seq_len = config.seq_len or model_config.max_position_embeddings
+    if seq_len > model_config.max_position_embeddings:
+        raise ScratchError(
+            f"config: seq_len {seq_len} exceeds the model's context "
+            f"(max_position_embeddings {model_config.max_position_embeddings})"
+        )
+    return seq_len
+
+
+def check_same_batch(resume_from: Path, saved_plan: dict, plan) -> None:
+    if saved_plan["tokens_per_step"] != plan.tokens_per_step:
+        raise ScratchError(
+            f"{resume_from} was trained with {saved_plan['tokens_per_step']:,} tokens per step, this launch "
+            f"gives {plan.tokens_per_step:,} (micro-batch x seq_len x accumulation x world size); keep the "
+            "global batch: set tokens_per_step so accumulation follows the world size"
+        )
+
+
+def extend(schedule: Schedule, state: TrainState, extend_to: int, say) -> int:
+    if extend_to <= state.total_steps:
+        if extend_to < state.step:
+            raise ScratchError(f"extend_to {extend_to} is before the current step {state.step}")
+        return state.total_steps
+    step = state.step
     before = schedule.lr(max(0, step - 1))
     after = Schedule(**{**asdict(schedule), "total_steps": extend_to}).lr(step)
     say(
-        f"extending the run from {state['total_steps']:,} to {extend_to:,} steps: the schedule is re-planned for "
+        f"extending the run from {state.total_steps:,} to {extend_to:,} steps: the schedule is re-planned for "
         f"the new horizon; learning rate at step {step:,} was {before:.3e}, now {after:.3e}"
     )
     return extend_to
@@ -396,38 +374,21 @@ def data_description(data_dir: str) -> list[str]:
     ]
 
 
-def window_checksum(window_ids: torch.Tensor) -> int:
-    """A sum that is equal for equal sets of (source, window) pairs: the data ledger in metrics."""
-    return int(((window_ids[:, 0] * 1_000_003 + window_ids[:, 1]) % 2_147_483_647).sum())
-
-
-def agree(flag: bool) -> bool:
-    """Rank 0's clock decides time-based saves for everyone (the save is collective)."""
-    if not dist.is_initialized():
-        return flag
-    decision = torch.tensor([int(flag)], device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.broadcast(decision, src=0)
-    return bool(decision.item())
-
-
-def write_run_files(run_dir: Path, config: PretrainConfig, plan, state: dict, stats: dict, world: int) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
-    (run_dir / "plan.json").write_text(
-        json.dumps(
-            {
-                **plan.as_dict(),
-                **stats,
-                "stage": config.stage,
-                "total_steps": state["total_steps"],
-                "hardware": describe_hardware(world),
-            },
-            indent=1,
-        )
+def write_run_files(run: RunDir, config: PretrainConfig, plan, state: TrainState, stats: dict, world: int) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config_file.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+    run.write_plan(
+        {
+            **plan.as_dict(),
+            **stats,
+            "stage": config.stage,
+            "total_steps": state.total_steps,
+            "hardware": describe_hardware(world),
+        }  # fmt: skip
     )
 
 
-def describe(say, plan, state, resume_from, model_config, world, bf16, shards) -> None:
+def describe(say, plan, state: TrainState, resume_from, model_config, world: int, bf16: bool, shards) -> None:
     say(
         f"model: {plan.params_total:,} parameters, {model_config.num_hidden_layers} layers x "
         f"{model_config.hidden_size}, vocab {model_config.vocab_size}, attention {model_config._attn_implementation}"
@@ -437,28 +398,9 @@ def describe(say, plan, state, resume_from, model_config, world, bf16, shards) -
         f"= {plan.tokens_per_step:,} tokens/step; bf16 {'on' if bf16 else 'off'}; {torch.get_num_threads()} threads"
     )
     say(
-        f"horizon: {state['total_steps']:,} steps = {state['total_steps'] * plan.tokens_per_step:,} tokens "
-        f"({state['total_steps'] * plan.tokens_per_step / plan.params_total:.1f} tokens/parameter, "
-        f"{state['total_steps'] * plan.tokens_per_step * plan.flops_per_token:.3e} FLOPs)"
+        f"horizon: {state.total_steps:,} steps = {state.total_steps * plan.tokens_per_step:,} tokens "
+        f"({state.total_steps * plan.tokens_per_step / plan.params_total:.1f} tokens/parameter, "
+        f"{state.total_steps * plan.tokens_per_step * plan.flops_per_token:.3e} FLOPs)"
     )
     say("data: " + ", ".join(f"{s.name} {s.weight:.0%} ({len(s.train):,} tokens)" for s in shards.sources))
-    say(f"resuming from {resume_from} at step {state['step']:,}" if resume_from else "starting at step 0")
-
-
-def export(run_dir: Path, model, model_config, tokenizer, format: str, main: bool) -> Path:
-    """The final weights as a self-contained HF directory, output_dir/export (written whole, then renamed)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    target = run_dir / "export"
-    if main:
-        with torch.device("meta"):
-            plain = ScratchForCausalLM(model_config)
-        plain.load_state_dict(full, assign=True)
-        plain.tie_weights()
-        staging = run_dir / "export.tmp"
-        save_model(plain, tokenizer, staging, format)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    return target
+    say(f"resuming from {resume_from} at step {state.step:,}" if resume_from else "starting at step 0")

@@ -4,47 +4,85 @@ Only rank 0 writes. Nothing secret is ever logged: the config is written as give
 tokens), and wandb's key is read by wandb itself from the environment or its login file.
 """
 
-import json
-import math
 import os
 import resource
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from ..run_dir import RunDir
+
 
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool, config: dict, report_to: str, project: str, name: str):
+    def __init__(self, run: RunDir, enabled: bool, config: dict, report_to: str, project: str, name: str):
         self.enabled = enabled
-        self.run_dir = Path(run_dir)
+        self.run = run
         self.wandb = None
         if enabled:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            run.path.mkdir(parents=True, exist_ok=True)
             if report_to == "wandb":
-                self.wandb = _start_wandb(self.run_dir, config, project, name)
+                self.wandb = _start_wandb(run.path, config, project, name)
 
     def metrics(self, record: dict) -> None:
         if self.enabled:
-            _append_jsonl(self.run_dir / "metrics.jsonl", record)
+            self.run.append_metrics(record)
             if self.wandb is not None:
                 self.wandb.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["step"])
 
     def samples(self, records: list[dict]) -> None:
         if self.enabled:
-            for record in records:
-                _append_jsonl(self.run_dir / "samples.jsonl", record)
+            self.run.append_samples(records)
 
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+            self.wandb = None
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+class Meter:
+    """Throughput and the data ledger over the steps since the last record, and the record itself: the one
+    place that decides what a training line of metrics.jsonl holds."""
+
+    def __init__(self, plan, peak_flops: float, world_size: int, device: torch.device):
+        self.plan, self.peak, self.world_size, self.device = plan, peak_flops, world_size, device
+        self._reset()
+
+    def _reset(self) -> None:
+        self.start, self.steps, self.checksum = time.perf_counter(), 0, 0
+
+    def add(self, checksum: int) -> None:
+        """One step done; `checksum` of the windows every rank trained on in it."""
+        self.steps += 1
+        self.checksum += checksum
+
+    def record(self, state, result, lr: float, weight_decay: float, phase: str, epochs: dict, extra: dict) -> dict:
+        seconds = time.perf_counter() - self.start
+        tok_per_s = self.steps * self.plan.tokens_per_step / seconds
+        record = {
+            "step": state.step,
+            "tokens": state.tokens,
+            "loss": result.loss,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "grad_norm": result.grad_norm,
+            "tok_per_s": tok_per_s,
+            "mfu": tok_per_s * self.plan.flops_per_token / (self.peak * self.world_size) if self.peak else None,
+            **memory_stats(self.device),
+            "elapsed_s": state.elapsed_s,
+            "cost_usd": state.cost_usd,
+            "schedule_phase": phase,
+            "skipped_steps": state.skipped_steps,
+            "eta_s": (state.total_steps - state.step) * seconds / self.steps,
+            "windows_checksum": self.checksum,
+            "epochs": epochs,
+            **extra,
+        }
+        self._reset()
+        return record
 
 
 def _start_wandb(run_dir: Path, config: dict, project: str, name: str):
@@ -99,39 +137,60 @@ class SpikeDetector:
 
 
 class Progress:
+    """A progress bar on a terminal; in a log file (nohup, a cluster job) a plain line every 30 s instead,
+    since a bar's carriage returns make one endless line there."""
+
+    LOG_INTERVAL_S = 30
+
     def __init__(self, enabled: bool, total: int, initial: int):
-        # In a log file (nohup, a cluster job) a line every 30 s, not one per step.
-        interval = 0.1 if sys.stderr.isatty() else 30
+        self.enabled, self.total, self.step = enabled, total, initial
+        self.tty = sys.stderr.isatty()
         self.bar = tqdm(
-            total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=interval
+            total=total, initial=initial, disable=not (enabled and self.tty), unit="step", dynamic_ncols=True
         )
+        self.fields: dict = {}
+        self._last_line = time.perf_counter()
 
     def update(self, record: dict) -> None:
-        fields = {
+        self.fields = {
             "loss": f"{record['loss']:.3f}",
             "lr": f"{record['lr']:.2e}",
             "wd": f"{record['weight_decay']:g}",
             "gnorm": f"{record['grad_norm']:.2f}",
             "tok/s": f"{record['tok_per_s']:,.0f}",
+            **({"mfu": f"{record['mfu']:.1%}"} if record.get("mfu") is not None else {}),
+            "phase": record["schedule_phase"],
+            "eta": duration(record["eta_s"]),
         }
-        if record.get("mfu") is not None:
-            fields["mfu"] = f"{record['mfu']:.1%}"
-        fields["stage"] = record["stage"]
-        self.bar.set_postfix(fields, refresh=False)
+        self.bar.set_postfix({k: v for k, v in self.fields.items() if k != "eta"}, refresh=False)
 
-    def advance(self, steps: int = 1) -> None:
-        self.bar.update(steps)
+    def advance(self) -> None:
+        self.step += 1
+        self.bar.update(1)
+        if self.enabled and not self.tty and time.perf_counter() - self._last_line >= self.LOG_INTERVAL_S:
+            self._last_line = time.perf_counter()
+            self.write(f"step {self.step:,}/{self.total:,} " + " ".join(f"{k} {v}" for k, v in self.fields.items()))
 
     def write(self, message: str) -> None:
-        self.bar.write(message)
+        if self.enabled:
+            self.bar.write(message)
 
     def close(self) -> None:
         self.bar.close()
 
 
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, step: int, seed: int) -> list[dict]:
-    """Greedy and sampled continuations; the global RNG is restored so training is unaffected."""
+def generate_samples(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, step: int, seed: int, synced_gpus: bool = False
+) -> list[dict]:
+    """Greedy and sampled continuations; the global RNG is restored so training is unaffected.
+    `synced_gpus`: the model is sharded over processes, which must run every forward together."""
     if not prompts:
         return []
     device = next(model.parameters()).device
@@ -148,7 +207,11 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, 
         ):
             torch.manual_seed(seed + 1000 * step + index)
             output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kwargs
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                synced_gpus=synced_gpus,
+                **kwargs,
             )
             text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             records.append({"step": step, "prompt": prompt, "mode": mode, "text": text})
@@ -157,7 +220,3 @@ def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int, 
         torch.cuda.set_rng_state_all(cuda_rng)
     model.train(was_training)
     return records
-
-
-def is_finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)

@@ -62,7 +62,8 @@ class Schedule:
             return self.stage2_weight_decay
         return self.weight_decay
 
-    def stage(self, step: int) -> str:
+    def phase(self, step: int) -> str:
+        """Where step `step` lies in the schedule (metrics' `schedule_phase`)."""
         if step < self.warmup_steps:
             return "warmup"
         if self.kind == "two_stage":

@@ -1,33 +1,22 @@
 """`scratchlm status RUN_DIR [--watch]`: where a run is, from its files alone (works while it trains)."""
 
-import contextlib
-import json
-from pathlib import Path
+import time
 
-from ..errors import ScratchError
-from .checkpoint import latest_checkpoint
+from ..run_dir import RunDir
+from .monitor import duration
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
-            rows.append(json.loads(line))
-    return rows
-
-
-def summarize(run_dir: str | Path) -> str:
-    run_dir = Path(run_dir)
-    if not (run_dir / "plan.json").is_file():
-        raise ScratchError(f"{run_dir} is not a run directory (no plan.json)")
-    plan = json.loads((run_dir / "plan.json").read_text())
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+def summarize(run_dir) -> str:
+    run = RunDir(run_dir)
+    plan = run.read_plan()
+    metrics = run.metrics()
     train = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "val_loss" in m]
     total = plan["total_steps"]
-    lines = [f"run {run_dir}"]
+    holder = run.holder()
+    lines = [f"run {run.path}"]
+    if holder:
+        lines.append(f"  running: pid {holder['pid']} on {holder['host']} since {holder['since']}")
     if not train:
         lines.append(f"  not started: 0 / {total:,} steps")
     else:
@@ -39,30 +28,27 @@ def summarize(run_dir: str | Path) -> str:
             val = evals[-1]
             loss += f"; val loss {val['val_loss']:.4f}, val bpb {val['val_bpb']:.4f} (step {val['step']:,})"
         lines.append(loss)
+        age = time.time() - run.metrics_file.stat().st_mtime
         if "tok_per_s" in last:  # our trainer's metrics (TRL stages log fewer)
             mfu = f", MFU {last['mfu']:.1%}" if last.get("mfu") is not None else ""
+            eta = f"ETA {duration(last['eta_s'])}" if holder else "not running"
             lines.append(
-                f"  {last['tok_per_s']:,.0f} tok/s{mfu}, elapsed {_duration(last['elapsed_s'])}, "
-                f"ETA {_duration(last['eta_s'])}, cost ${last['cost_usd']:.2f}"
+                f"  {last['tok_per_s']:,.0f} tok/s{mfu}, elapsed {duration(last['elapsed_s'])}, {eta}, "
+                f"cost ${last['cost_usd']:.2f}"
             )
+        finished = last["step"] >= total
+        lines.append(f"  last record {duration(age)} ago" + ("" if holder or finished else "; not running"))
         repeated = {k: v for k, v in last.get("epochs", {}).items() if v > 1}
         if repeated:
             lines.append("  data repeating: " + ", ".join(f"{k} {v:.2f} epochs" for k, v in repeated.items()))
-    trl_checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    checkpoint = latest_checkpoint(run_dir) or (trl_checkpoints[-1] if trl_checkpoints else None)
+    checkpoint = run.latest_checkpoint() or run.latest_trl_checkpoint()
     lines.append(f"  latest checkpoint: {checkpoint.name if checkpoint else 'none'}")
-    if (run_dir / "export" / "config.json").is_file():
-        lines.append(f"  exported: {run_dir / 'export'}")
-    samples = read_jsonl(run_dir / "samples.jsonl")
+    if run.has_export():
+        lines.append(f"  exported: {run.export}")
+    samples = run.samples()
     if samples:
         step = samples[-1]["step"]
         lines.append(f"  samples at step {step:,}:")
         for s in (s for s in samples if s["step"] == step):
             lines.append(f"    [{s['mode']}] {s['prompt']!r} -> {s['text']!r}")
     return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

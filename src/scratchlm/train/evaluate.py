@@ -1,0 +1,78 @@
+"""Evaluation during training: validation loss and bits per byte, probe accuracy and CORE at `eval_steps`,
+generations of the sample prompts at `sample_steps`. Every rank takes part (a sharded model's forward is
+collective); rank 0 writes the records.
+
+A checkpoint is written before the evaluations of its step (a failing evaluation must not cost the
+steps since the last save), so a run killed in between would lose them for good: on resume,
+`catch_up` redoes those of the checkpoint's step that its records lack.
+"""
+
+from ..eval.bpb import evaluate_bpb, token_byte_lengths
+from ..eval.chat import read_rows
+from ..eval.core import evaluate_core, load_bundle
+from ..eval.probes import probe_accuracy
+from .monitor import generate_samples
+from .parallel import autocast
+
+
+class Evaluator:
+    def __init__(self, config, model, tokenizer, shards, seq_len: int, micro_batch: int, world, bf16, log, progress):
+        self.config, self.model, self.tokenizer, self.shards = config, model, tokenizer, shards
+        self.seq_len, self.micro_batch, self.world, self.bf16 = seq_len, micro_batch, world, bf16
+        self.log, self.progress = log, progress
+        # Read now, not at the first evaluation a thousand steps in.
+        self.core_tasks = load_bundle(config.core_bundle) if config.core_bundle else None
+        self.probes = read_rows(config.probes, ("prompt", "answer")) if config.probes else None
+        self.token_bytes = token_byte_lengths(tokenizer, model.config.vocab_size)
+
+    def evaluation_due(self, step: int, done: bool) -> bool:
+        return bool(self.config.eval_steps) and (step % self.config.eval_steps == 0 or done)
+
+    def samples_due(self, step: int, done: bool) -> bool:
+        return bool(self.config.sample_steps) and (step % self.config.sample_steps == 0 or done)
+
+    def maybe_run(self, step: int, tokens: int, done: bool) -> None:
+        with autocast(self.world, self.bf16):
+            if self.evaluation_due(step, done):
+                self.evaluate(step, tokens)
+            if self.samples_due(step, done):
+                self.sample(step)
+
+    def catch_up(self, step: int, tokens: int, done: bool, records: list[dict]) -> None:
+        """Resumed at `step`: redo its evaluation and samples if a kill cut them short (rank 0 has the records)."""
+        evaluated = any(r.get("step") == step and "val_loss" in r for r in records)
+        sampled = any(r.get("step") == step and "mode" in r for r in records)
+        evaluated, sampled = self.world.broadcast((evaluated, sampled))
+        with autocast(self.world, self.bf16):
+            if self.evaluation_due(step, done) and not evaluated:
+                self.evaluate(step, tokens)
+            if self.samples_due(step, done) and not sampled:
+                self.sample(step)
+
+    def evaluate(self, step: int, tokens: int) -> dict:
+        config = self.config
+        result = evaluate_bpb(
+            self.model, self.shards, self.token_bytes, self.seq_len, self.micro_batch, config.eval_windows,
+            config.document_masking, self.world.rank, self.world.size,
+        )  # fmt: skip
+        if self.probes:
+            result["probe_accuracy"] = probe_accuracy(self.model, self.tokenizer, self.probes)["probe_accuracy"]
+        if self.core_tasks:
+            core = evaluate_core(self.model, self.tokenizer, self.core_tasks, config.core_max_per_task, split=False)
+            result["core"] = core["core"]
+        self.log.metrics({"step": step, "tokens": tokens, **result})
+        extra = "".join(
+            f", {name} {result[key]:.4f}"
+            for key, name in (("probe_accuracy", "probes"), ("core", "CORE"))
+            if key in result
+        )
+        self.progress.write(f"step {step}: val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}{extra}")
+        return result
+
+    def sample(self, step: int) -> None:
+        config = self.config
+        synced = self.world.fsdp and self.world.size > 1  # ranks that stop generating early must keep pace
+        records = generate_samples(
+            self.model, self.tokenizer, config.sample_prompts, config.sample_max_new_tokens, step, config.seed, synced
+        )
+        self.log.samples(records)

@@ -1,0 +1,152 @@
+"""How the model runs on the processes of a launch: one device, DDP, or FSDP2; compiled per decoder block.
+
+`accelerate launch` (or torchrun) starts the processes and describes them in the environment; this
+module starts the process group and wraps the model itself, as torchtitan does, so that the code the
+GPUs run is the code CPU processes (gloo) run in tests:
+- FSDP2 when the accelerate config says `distributed_type: FSDP` (`fsdp_version: 2`): each decoder
+  layer, then the root, is `fully_shard`ed with MixedPrecisionPolicy(param_dtype bf16 when bf16,
+  reduce_dtype `reduce_dtype`, float32 by default). Gradients then reduce, and accumulate across
+  micro-batches, in fp32 (accelerate's own FSDP2 setup reduces and accumulates in bf16).
+- DDP for several processes otherwise; the bare module for one.
+- torch.compile per decoder block, before sharding: one graph serves every layer. Compiling the whole
+  model after wrapping recompiles for each layer (guards on layer_idx and the cache) and, past
+  torch's recompile limit, runs the remaining layers eager.
+- Activation checkpointing per decoder layer (transformers' own mechanism, non-reentrant).
+"""
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ScratchError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class World:
+    """This process among the launch's processes."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+    fsdp: bool  # the launcher asked for FSDP (accelerate config distributed_type: FSDP)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (one collective for several numbers)."""
+        if self.size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def broadcast(self, value):
+        """Rank 0's value, on every rank (a picklable object)."""
+        if self.size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def start_world(timeout_minutes: float = 30) -> World:
+    """The process group of a torchrun / accelerate launch (NCCL on GPUs, gloo on CPUs), or a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp and os.environ.get("FSDP_VERSION", "2") != "2":
+        raise ScratchError(
+            "the accelerate config asks for FSDP version 1: scratchlm shards with FSDP2 (fsdp_version: 2)"
+        )
+    if fsdp and os.environ.get("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+        raise ScratchError(
+            "the accelerate config's fsdp_offload_params: true is not supported by scratchlm; set it false"
+        )
+    return World(rank, size, local_rank, device, fsdp)
+
+
+def fsdp_reshard_after_forward(recipe_value: bool | None) -> bool:
+    """The recipe's `reshard_after_forward`, else the accelerate config's, else True (ZeRO-3)."""
+    if recipe_value is not None:
+        return recipe_value
+    return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
+
+
+def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
+    """Checkpointing, compile and sharding applied in that order; returns the module to call for training.
+    Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it."""
+    model.to(world.device)
+    if config.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    if config.torch_compile:
+        for layer in model.model.layers:
+            layer.compile()  # in place: parameter names (and so checkpoints) stay as they are
+    if world.fsdp:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=DTYPES[config.reduce_dtype]
+        )
+        reshard = fsdp_reshard_after_forward(config.reshard_after_forward)
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+        register_fsdp_forward_method(model, "generate")  # samples during training all-gather like forward
+        return model
+    if world.size > 1:
+        device_ids = [world.local_rank] if world.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return model
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def gradient_sync(model: nn.Module, enabled: bool):
+    """A context for one micro-batch's backward: gradients are reduced only when `enabled` (the last one)."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if enabled else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: unsharded gradients accumulate meanwhile
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
+def autocast(world: World, bf16: bool):
+    """bf16 autocast on one device or under DDP; under FSDP2 the mixed-precision policy casts instead."""
+    if not bf16 or world.fsdp:
+        return contextlib.nullcontext()
+    return torch.autocast(world.device.type, dtype=torch.bfloat16)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """The global gradient norm before clipping (over every rank's shards under FSDP2)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)

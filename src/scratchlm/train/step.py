@@ -1,0 +1,73 @@
+"""One optimizer step: micro-batches, loss, backward, clipping, and what to do with a non-finite loss."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ScratchError
+from .parallel import World, autocast, clip_grad_norm, gradient_sync
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over micro-batches and ranks
+    grad_norm: float  # before clipping
+    checksum: int  # of the windows every rank trained on
+    skipped: bool  # non-finite, dropped (on_nonfinite: skip)
+    stop_requested: bool  # some rank was asked to stop (SIGTERM, SIGINT)
+    first_inputs: torch.Tensor  # this rank's first micro-batch (BitNet's statistics look at it)
+
+
+def full_logits_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every token, from logits made in one piece (in fp32)."""
+    return F.cross_entropy(head(hidden).flatten(0, 1).float(), labels.flatten())
+
+
+class Stepper:
+    def __init__(self, model, optimizer, loader, accumulation: int, world: World, bf16: bool, config, loss_fn=None):
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.accumulation, self.world, self.bf16, self.config = accumulation, world, bf16, config
+        self.loss_fn = loss_fn or full_logits_loss
+        self.max_norm = config.max_grad_norm or math.inf
+
+    def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
+        """Optimizer step `number` (1-based); `last_good()` names the checkpoint to go back to when the loss
+        is not finite."""
+        device = self.world.device
+        loss_sum = torch.zeros((), device=device)
+        checksum, first = 0, None
+        for micro in range(self.accumulation):
+            batch = next(self.loader)
+            checksum += window_checksum(batch["window_ids"])
+            inputs = batch["input_ids"].to(device, non_blocking=True)
+            kwargs = {"labels": batch["labels"].to(device, non_blocking=True), "loss_from_hidden": self.loss_fn}
+            if self.config.document_masking:
+                kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+            with gradient_sync(self.model, micro == self.accumulation - 1), autocast(self.world, self.bf16):
+                loss = self.model(input_ids=inputs, **kwargs)
+            (loss / self.accumulation).backward()
+            loss_sum += loss.detach()
+            first = inputs if first is None else first
+            del loss  # nothing of this micro-batch's graph outlives it
+        grad_norm = clip_grad_norm(self.model, self.max_norm)
+        # One collective for everything the ranks must agree on.
+        total, checksum, stops = self.world.sum([loss_sum.item(), checksum, float(stop_requested)])
+        mean_loss = total / (self.accumulation * self.world.size)
+        finite = math.isfinite(mean_loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite and self.config.on_nonfinite == "stop":
+            raise ScratchError(
+                f"non-finite loss ({mean_loss}) or grad norm ({grad_norm}) at step {number}; stopped before the "
+                "optimizer step; "
+                f"last good checkpoint: {last_good() or 'none yet'}"
+            )
+        return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, first)
+
+
+def window_checksum(window_ids: torch.Tensor) -> int:
+    """A sum that is equal for equal sets of (source, window) pairs: the data ledger in metrics."""
+    return int(((window_ids[:, 0] * 1_000_003 + window_ids[:, 1]) % 2_147_483_647).sum())

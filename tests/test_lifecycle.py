@@ -1,0 +1,112 @@
+"""A run's life as processes: one run per output directory, signals that stop it cleanly, and kills at the
+worst moments, after which every step, evaluation and sample is recorded exactly once."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+from helpers import REPO, launch, launch_command, small_run, train_losses
+from scratchlm.run_dir import RunDir
+
+
+def wait_for(condition, timeout: float = 240, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def start(cwd: Path, config: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen(
+        launch_command("--config", str(config)), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_one_run_per_directory_signals_stop_cleanly_and_kill_9_frees_it(tmp_path, shards_dir):
+    config = small_run(tmp_path, shards_dir, max_steps=100_000, save_steps=0, logging_steps=1)
+    run = RunDir(tmp_path / "run")
+    first = start(tmp_path, config)
+    wait_for(lambda: len(run.training_metrics()) >= 3, what="the first run to train")
+    holder = run.holder()
+    assert holder is not None and holder["pid"] != first.pid  # the trainer, not the launcher, holds it
+
+    second = launch(tmp_path, "--config", str(config), fails=True, timeout=120)
+    assert f"is in use by another run (pid {holder['pid']} on " in second.stderr
+
+    # SIGTERM to `accelerate launch` kills the launcher; the trainer follows: a checkpoint, then it exits.
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=60)
+    wait_for(lambda: run.holder() is None, timeout=120, what="the trainer to stop after SIGTERM")
+    latest = run.latest_checkpoint()
+    assert latest is not None
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["reason"] == "stop" and state["step"] == max(m["step"] for m in run.training_metrics())
+    stopped_at = state["step"]
+
+    # kill -9 leaves the lock file behind, but nobody holds it: the next launch takes over and resumes.
+    third = start(tmp_path, config)
+    wait_for(lambda: run.holder() is not None and max(m["step"] for m in run.training_metrics()) > stopped_at + 2,
+             what="the resumed run to train")  # fmt: skip
+    os.kill(run.holder()["pid"], signal.SIGKILL)
+    third.wait(timeout=60)
+    assert run.lock_file.is_file() and run.holder() is None
+    resumed = launch(tmp_path, "--config", str(config), "--stop_at_step", str(stopped_at + 1), timeout=300)
+    assert f"resuming from {latest} at step {stopped_at}" in resumed.stdout
+
+
+# Runs recipes/pretrain.py with one method replaced by a kill -9 of the process at a given step.
+DIE_AT = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    from scratchlm.train import checkpoint, evaluate
+
+    owner = {"evaluate": evaluate.Evaluator, "sample": evaluate.Evaluator, "maybe_save": checkpoint.Checkpointer}
+    method, step = sys.argv[1], int(sys.argv[2])
+    original = getattr(owner[method], method)
+
+    def die_at_step(self, at, *args, **kwargs):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, at, *args, **kwargs)
+
+    setattr(owner[method], method, die_at_step)
+    sys.argv = sys.argv[3:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+)
+
+
+def test_every_step_evaluation_and_sample_is_recorded_once_across_kills(tmp_path, shards_dir):
+    keys = {"max_steps": 12, "save_steps": 4, "eval_steps": 4, "eval_windows": 2, "sample_steps": 4,
+            "sample_prompts": ["The", "A"], "sample_max_new_tokens": 3}  # fmt: skip
+    straight = small_run(tmp_path / "straight", shards_dir, **keys)
+    launch(tmp_path / "straight", "--config", str(straight))
+    config = small_run(tmp_path / "killed", shards_dir, **keys)
+    script = [sys.executable, "-c", DIE_AT]
+    for method, step in (("evaluate", 4), ("sample", 8), ("maybe_save", 10)):
+        # 4: saved, killed before its evaluation; 8: evaluated, killed before its samples; 10: logged, not saved
+        died = subprocess.run([*script, method, str(step), str(REPO / "recipes" / "pretrain.py"), "--config",
+                               str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
+    launch(tmp_path / "killed", "--config", str(config))
+
+    run = RunDir(tmp_path / "killed" / "run")
+    assert [m["step"] for m in run.training_metrics()] == list(range(1, 13))
+    assert [m["step"] for m in run.metrics() if "val_loss" in m] == [4, 8, 12]
+    assert Counter((s["step"], s["prompt"], s["mode"]) for s in run.samples()) == Counter(
+        (step, prompt, mode) for step in (4, 8, 12) for prompt in ("The", "A") for mode in ("greedy", "sampled")
+    )
+    a, b = train_losses(tmp_path / "straight" / "run"), train_losses(run.path)
+    assert [a[s]["loss"] for s in a] == [b[s]["loss"] for s in b]  # the kills changed nothing trained
+    evals = {m["step"]: m["val_loss"] for m in RunDir(tmp_path / "straight" / "run").metrics() if "val_loss" in m}
+    assert evals == {m["step"]: m["val_loss"] for m in run.metrics() if "val_loss" in m}
+    shutil.rmtree(tmp_path / "straight")
