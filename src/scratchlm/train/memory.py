@@ -62,6 +62,7 @@ class TrainingSetup:
     world_size: int = 1
     sharded: bool = False  # FSDP2 (fully_shard per decoder layer + root), bf16 params when bf16
     reshard_after_forward: bool = True
+    reduce_dtype: str = "float32"  # FSDP2's: gradients reduce, and accumulate unsharded, in it
     gradient_checkpointing: bool = False  # full, per decoder layer
     compile: bool = False  # torch.compile per decoder block
     bf16: bool = True
@@ -299,8 +300,8 @@ def estimate_memory(setup: TrainingSetup) -> MemoryEstimate:
         terms["weight_copies"] += dim.weight * (counts.root + in_flight * counts.layer)
     if autocast_copies(setup):
         terms["weight_copies"] += dim.compute * layers * counts.layer_matmul
-    if setup.sharded and setup.accumulation > 1:
-        terms["gradients"] = 4 * counts.total  # unsharded fp32 until the last micro-batch
+    if setup.sharded and setup.accumulation > 1:  # unsharded until the last micro-batch
+        terms["gradients"] = (2 if setup.bf16 and setup.reduce_dtype == "bfloat16" else 4) * counts.total
     else:
         terms["gradients"] = 4 * math.ceil(counts.total / shard)
     terms["optimizer"] = 8 * math.ceil(counts.total / shard)
@@ -434,7 +435,7 @@ def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, 
     """Bytes above weights, gradients and optimizer state during one micro-batch, with the gradients
     and optimizer state already there (as from the second step on): live after the forward (what it
     holds for backward, checkpointed inputs and autocast's weight cache included) and the peak over
-    forward and backward, both run inside autocast as the loop runs them. Counted tensor by tensor
+    forward and backward, run as the loop's Stepper runs them. Counted tensor by tensor
     with torch's MemTracker, on CPU or CUDA alike; eager only (it cannot see inside compiled kernels)."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -444,7 +445,7 @@ def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, 
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             value = training_forward(model, *batch, loss=loss)
             live = tracker.get_tracker_snapshot()[device]["Total"] if tracker else 0
-            value.backward()
+        value.backward()  # outside autocast, as the loop's Stepper runs it
         return live
 
     micro_step(batches[0])
@@ -460,7 +461,10 @@ def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, 
 
 def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
     """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
-    size: multi-GPU runs are FSDP2-sharded, one GPU is not. bf16 None: the config's (on unless false)."""
+    size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
+    bf16 None: the config's, on unless false (the planner plans for a GPU)."""
+    from .parallel import fsdp_reshard_after_forward
+
     return TrainingSetup(
         model=model_config,
         seq_len=plan.seq_len,
@@ -468,6 +472,8 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         accumulation=plan.accumulation,
         world_size=plan.world_size,
         sharded=plan.world_size > 1,
+        reshard_after_forward=fsdp_reshard_after_forward(config.reshard_after_forward),
+        reduce_dtype=config.reduce_dtype,
         gradient_checkpointing=config.gradient_checkpointing,
         compile=config.torch_compile,
         bf16=config.bf16 is not False if bf16 is None else bf16,
