@@ -144,7 +144,11 @@ def test_dpo_needs_preference_columns(tmp_path, capsys, small_model_dir, default
 
 def test_recipes_name_the_previous_stage_export():
     chain = {"midtrain": "init_from", "sft": "model_name_or_path", "dpo": "model_name_or_path"}
-    expected = {"midtrain": "runs/tiny/pretrain/export", "sft": "runs/tiny/midtrain/export", "dpo": "runs/tiny/sft/export"}
+    expected = {
+        "midtrain": "runs/tiny/pretrain/export",
+        "sft": "runs/tiny/midtrain/export",
+        "dpo": "runs/tiny/sft/export",
+    }
     for stage, key in chain.items():
         values = yaml.safe_load((REPO / "recipes" / "tiny" / f"{stage}.yaml").read_text())
         assert values[key] == expected[stage]

@@ -2,16 +2,13 @@
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers import REPO, launch, small_run, train_losses
 from scratchlm import run_dir
@@ -93,7 +90,11 @@ def test_exact_resume_in_a_fresh_process(tmp_path, shards_dir):
 def test_resume_without_optimizer_state_is_refused(tmp_path, shards_dir):
     config = small_run(tmp_path, shards_dir, max_steps=8)
     launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004" / "optimizer")
+    # A checkpoint that was written without optimizer state (its manifest lists no optimizer files).
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
+    shutil.rmtree(checkpoint / "optimizer")
+    files = run_dir.checkpoint_files(checkpoint)
+    run_dir.write_manifest(checkpoint, 4, {name: run_dir.file_digest(checkpoint / name) for name in files})
     result = launch(tmp_path, "--config", str(config), fails=True)
     assert "step_00000004 has no optimizer state" in result.stderr and "--reset_optimizer true" in result.stderr
     assert max(train_losses(tmp_path / "run")) == 4  # nothing trained
@@ -132,7 +133,13 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
         assert (latest / "optimizer" / "param_groups.json").is_file()
         reached = state["step"]
     result = launch(
-        tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(run_dir.checkpoint_step(latest) + 1)
+        tmp_path,
+        "--config",
+        str(killed),
+        "--max_steps",
+        "400",
+        "--stop_at_step",
+        str(run_dir.checkpoint_step(latest) + 1),
     )
     assert f"at step {run_dir.checkpoint_step(latest)}" in result.stdout
 

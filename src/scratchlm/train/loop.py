@@ -307,6 +307,8 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     model_config.eos_token_id = tokenizer.eos_token_id
     model_config.pad_token_id = tokenizer.pad_token_id
     model_config._attn_implementation = config.attn_implementation or attention_backend(config.document_masking)
+    if model_config._attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise ScratchError("attn_implementation flex_attention trains only on a GPU (torch has no CPU backward for it)")
     if model is None:
         model = ScratchForCausalLM(model_config)
     model.config._attn_implementation = model_config._attn_implementation

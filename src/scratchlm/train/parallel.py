@@ -105,7 +105,7 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
         enable({"use_reentrant": False})
     if config.torch_compile:
         for layer in model.model.layers:
-            layer.compile()  # in place: parameter names (and so checkpoints) stay as they are
+            layer.compile(backend=config.torch_compile_backend)  # in place: parameter names (and checkpoints) stay
     if world.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
