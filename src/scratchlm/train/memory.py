@@ -27,7 +27,6 @@ and the allocator's slack and is what must fit the card.
 import gc
 import math
 import weakref
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -422,13 +421,21 @@ def is_weight_copy(tensor: torch.Tensor) -> bool:
 
 
 def training_forward(model, input_ids, position_ids, labels, saved: SavedTensors | None = None, loss="chunked"):
-    """The forward the training loop runs: the decoder, then the loss on its hidden states."""
+    """The loop's training forward: the model's own forward with loss_from_hidden (the decoder without
+    a cache, then the loss from its hidden states); `saved` counts the decoder's and the loss's saved
+    tensors apart."""
     from .loss import lm_loss, plain_lm_loss
 
-    with saved.hooks("activations") if saved else nullcontext():
-        hidden = model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-    with saved.hooks("loss_saved") if saved else nullcontext():
-        return (plain_lm_loss if loss == "plain" else lm_loss)(hidden, model.lm_head, labels)
+    loss_fn = plain_lm_loss if loss == "plain" else lm_loss
+    if saved is None:
+        return model(input_ids=input_ids, position_ids=position_ids, labels=labels, loss_from_hidden=loss_fn)
+
+    def counted_loss(hidden, head, labels):
+        with saved.hooks("loss_saved"):
+            return loss_fn(hidden, head, labels)
+
+    with saved.hooks("activations"):
+        return model(input_ids=input_ids, position_ids=position_ids, labels=labels, loss_from_hidden=counted_loss)
 
 
 def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, loss="chunked") -> dict[str, int]:
