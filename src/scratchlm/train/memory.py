@@ -369,6 +369,30 @@ def check_fits(setup: TrainingSetup, capacity: int, device: str, tokens_per_step
     )
 
 
+def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
+    """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
+    size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
+    bf16 None: the config's, on unless false (the planner plans for a GPU)."""
+    from .parallel import fsdp_reshard_after_forward
+
+    values = dict(
+        model=model_config,
+        seq_len=plan.seq_len,
+        micro_batch=plan.micro_batch,
+        accumulation=plan.accumulation,
+        world_size=plan.world_size,
+        sharded=plan.world_size > 1,
+        reshard_after_forward=fsdp_reshard_after_forward(config.reshard_after_forward),
+        reduce_dtype=config.reduce_dtype,
+        gradient_checkpointing=config.gradient_checkpointing,
+        compile=config.torch_compile,
+        bf16=config.bf16 is not False if bf16 is None else bf16,
+        attention=config.attn_implementation or "sdpa",
+        document_masking=config.document_masking,
+    )
+    return TrainingSetup(**{**values, **overrides})
+
+
 # --- measuring the real thing (benchmarks/memory_validation.py, tests/test_memory.py) ----------------
 
 
@@ -464,27 +488,3 @@ def measure_micro_step(model, optimizer, batches, autocast: torch.dtype | None, 
         live = micro_step(batches[1], tracker)
         peak = tracker.get_tracker_snapshot("peak")[device]["Total"]
     return {"live_after_forward": live - static, "peak_above_static": peak - static}
-
-
-def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
-    """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
-    size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
-    bf16 None: the config's, on unless false (the planner plans for a GPU)."""
-    from .parallel import fsdp_reshard_after_forward
-
-    return TrainingSetup(
-        model=model_config,
-        seq_len=plan.seq_len,
-        micro_batch=plan.micro_batch,
-        accumulation=plan.accumulation,
-        world_size=plan.world_size,
-        sharded=plan.world_size > 1,
-        reshard_after_forward=fsdp_reshard_after_forward(config.reshard_after_forward),
-        reduce_dtype=config.reduce_dtype,
-        gradient_checkpointing=config.gradient_checkpointing,
-        compile=config.torch_compile,
-        bf16=config.bf16 is not False if bf16 is None else bf16,
-        attention=config.attn_implementation or "sdpa",
-        document_masking=config.document_masking,
-        **overrides,
-    )
