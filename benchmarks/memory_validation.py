@@ -48,6 +48,7 @@ ROWS = [
     ("autocast deep", dict(layers=4, vocab=3000, seq=96), {}),
     ("autocast mqa", dict(heads=8, kv_heads=1, hidden=96, ffn=256, batch=4, seq=32), {}),
     ("autocast no doc mask", dict(seq=128), dict(document_masking=False)),
+    ("autocast eager attention", {}, dict(attention="eager")),
     ("autocast softcap", dict(vocab=2500), dict(softcap=15.0)),
     ("autocast plain loss", dict(vocab=1500), dict(loss="plain")),
     ("autocast checkpointing", dict(layers=3), dict(gradient_checkpointing=True)),
@@ -79,7 +80,7 @@ def build(shape: dict, run: dict, device: str):
             bitnet=run.get("bitnet", False),
         )
     )
-    config._attn_implementation = "sdpa"
+    config._attn_implementation = run.get("attention", "sdpa")
     torch.manual_seed(0)
     model = ScratchForCausalLM(config).to(device)
     precision = run.get("precision", "autocast")
@@ -101,6 +102,7 @@ def build(shape: dict, run: dict, device: str):
         compile=run.get("compile", False),
         bf16=precision != "fp32",
         loss=run.get("loss", "chunked"),
+        attention=config._attn_implementation,
         document_masking=run.get("document_masking", True),
     )
     return model, setup, (torch.bfloat16 if precision == "autocast" else None)
@@ -214,6 +216,10 @@ def main() -> int:
             )
     summary = {
         "device": torch.cuda.get_device_name() if args.cuda else f"CPU ({platform.machine()})",
+        # what memory.py assumes as CUDA_CONTEXT_BYTES: the card's used memory that torch did not reserve
+        "cuda_context_bytes": torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0] - torch.cuda.memory_reserved()
+        if args.cuda
+        else None,
         "torch": torch.__version__,
         "worst_ratio_error": round(worst, 4),
         "rows": results,

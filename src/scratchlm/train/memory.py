@@ -3,7 +3,8 @@
 The terms, in bytes, for one process:
 - weights: the fp32 parameters (a 1/world shard of them under FSDP2);
 - weight copies: what the compute reads in bf16. Without sharding, autocast's bf16 copy of every
-  decoder matmul weight, saved for backward until that layer's backward; under FSDP2 the unsharded
+  decoder matmul weight, cached by autocast through the forward (checkpointing or not) and saved for
+  backward until that layer's backward; under FSDP2 the unsharded
   bf16 parameters: the root's (embeddings, head, final norm: FSDP2 never reshards the root after
   forward) and two layers' in flight (the one computing and the one prefetched), or every layer's
   with reshard_after_forward false;
@@ -40,7 +41,8 @@ GIB = 2**30
 # Not seen by torch's allocator, so not in max_memory_allocated: the CUDA context with cuBLAS/cuDNN
 # handles (about 0.5 GiB with CUDA 12's lazy module loading on Ampere/Hopper), and NCCL's buffers for
 # a multi-GPU process group (a few hundred MiB per rank). Assumed, not measured here: the GPU check
-# reads them as nvidia-smi's used memory minus torch.cuda.memory_reserved().
+# (benchmarks/memory_validation.py --cuda) reads the context as the card's used memory minus
+# torch.cuda.memory_reserved().
 CUDA_CONTEXT_BYTES = GIB // 2
 NCCL_BYTES = 3 * GIB // 8
 # Reserved over allocated with expandable segments (hardware.py sets them): freed blocks are reused
