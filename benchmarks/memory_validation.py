@@ -36,6 +36,7 @@ from scratchlm.train.memory import (
     parameter_counts,
     training_forward,
 )
+from scratchlm.train.parallel import checkpoint_layers
 
 BASE = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=176, vocab=1000, seq=64, batch=2)
 # On a GPU the same rows, larger: hundreds of MB a row, well above cuBLAS's workspace and the
@@ -87,7 +88,7 @@ def build(shape: dict, run: dict, device: str):
     if precision == "bf16-weights":
         model = model.to(torch.bfloat16)
     if run.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(model)
     if run.get("compile"):
         for layer in model.model.layers:
             layer.compile()

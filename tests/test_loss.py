@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from scratchlm.model import loss as loss_module
+from scratchlm.model.loss import default_chunk_tokens, lm_loss, plain_lm_loss
 from scratchlm.model.modeling_scratch import ScratchForCausalLM
 from scratchlm.model.presets import build_config
-from scratchlm.train import loss as loss_module
-from scratchlm.train.loss import default_chunk_tokens, lm_loss, plain_lm_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)

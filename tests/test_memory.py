@@ -31,6 +31,7 @@ from scratchlm.train.memory import (
     parameter_counts,
     training_forward,
 )
+from scratchlm.train.parallel import checkpoint_layers
 from scratchlm.train.plan import GPUS, device_profile, gpu_profile, peak_flops_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_live_and_peak_bytes_of_a_micro_batch_match_the_estimate(checkpointing):
     the peak over forward and backward, above the static terms, within 15% (MemTracker's count)."""
     config, model = tiny(layers=3, vocab=1000)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_layers(model)
     model.train()
     rows, seq = 2, config.max_position_embeddings
     batches = [packed_batch(rows, seq, config.vocab_size, seed) for seed in (0, 1)]

@@ -48,8 +48,9 @@ def test_compile_covers_every_layer_once_under_fsdp2(tmp_path, processes):
     eager = json.loads((worker(tmp_path, processes, "compile", 29594 + processes, compile=0, **options)
                         / "compile.json").read_text())  # fmt: skip
     assert compiled["recompiles"] == [0] * steps  # 12 layers, past torch's recompile limit of 8: none
-    assert compiled["graphs"][0] == 2 and compiled["graphs"][-1] == 2  # one forward and one backward graph, made once
-    # Every layer ran its compiled forward and backward in every micro-batch of every step.
-    assert compiled["calls"] == [2 * layers * accumulation] * steps
+    # A forward and a backward graph for the decoder layer, and for the loss: made at the first step only.
+    assert compiled["graphs"][0] == 4 and compiled["graphs"][-1] == 4
+    # Every layer, and the loss, ran compiled forward and backward in every micro-batch of every step.
+    assert compiled["calls"] == [2 * (layers + 1) * accumulation] * steps
     assert eager["calls"] == [0] * steps
     torch.testing.assert_close(compiled["losses"], eager["losses"], rtol=1e-5, atol=1e-6)

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import ScratchError
 from ..model.configuration_scratch import ScratchConfig
-from .loss import default_chunk_tokens
+from ..model.loss import default_chunk_tokens
 
 GIB = 2**30
 # Not seen by torch's allocator, so not in max_memory_allocated: the CUDA context with cuBLAS/cuDNN
@@ -67,7 +67,7 @@ class TrainingSetup:
     gradient_checkpointing: bool = False  # full, per decoder layer
     compile: bool = False  # torch.compile per decoder block
     bf16: bool = True
-    loss: str = "chunked"  # chunked (train/loss.py), liger (its fused kernel), plain (all logits)
+    loss: str = "chunked"  # chunked (model/loss.py), liger (its fused kernel), plain (all logits)
     attention: str = "sdpa"
     document_masking: bool = True
 
@@ -450,7 +450,7 @@ def training_forward(model, input_ids, position_ids, labels, saved: SavedTensors
     """The loop's training forward: the model's own forward with loss_from_hidden (the decoder without
     a cache, then the loss from its hidden states); `saved` counts the decoder's and the loss's saved
     tensors apart."""
-    from .loss import lm_loss, plain_lm_loss
+    from ..model.loss import lm_loss, plain_lm_loss
 
     loss_fn = plain_lm_loss if loss == "plain" else lm_loss
     if saved is None:

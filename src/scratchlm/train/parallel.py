@@ -103,8 +103,7 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
     Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it."""
     model.to(world.device)
     if config.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        checkpoint_layers(model)
     if config.torch_compile:
         for layer in model.model.layers:
             layer.compile(backend=config.torch_compile_backend)  # in place: parameter names (and checkpoints) stay
@@ -124,6 +123,13 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
         device_ids = [world.local_rank] if world.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return model
+
+
+def checkpoint_layers(model: nn.Module) -> None:
+    """Activation checkpointing per decoder layer, non-reentrant (transformers' own mechanism, under the name
+    of the installed version: activation_checkpointing_enable from 5.23, gradient_checkpointing_enable before)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

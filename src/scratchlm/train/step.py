@@ -4,9 +4,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ScratchError
+from ..model.loss import lm_loss
 from .parallel import World, autocast, clip_grad_norm, gradient_sync
 
 
@@ -20,16 +20,17 @@ class StepResult:
     first_inputs: torch.Tensor  # this rank's first micro-batch (BitNet's statistics look at it)
 
 
-def full_logits_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every token, from logits made in one piece (in fp32)."""
-    return F.cross_entropy(head(hidden).flatten(0, 1).float(), labels.flatten())
+def training_loss(config):
+    """The loss from the final hidden states (chunked: no micro-batch's worth of logits), compiled with the
+    decoder blocks when they are."""
+    return torch.compile(lm_loss, backend=config.torch_compile_backend) if config.torch_compile else lm_loss
 
 
 class Stepper:
     def __init__(self, model, optimizer, loader, accumulation: int, world: World, bf16: bool, config, loss_fn=None):
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.accumulation, self.world, self.bf16, self.config = accumulation, world, bf16, config
-        self.loss_fn = loss_fn or full_logits_loss
+        self.loss_fn = loss_fn or training_loss(config)
         self.max_norm = config.max_grad_norm or math.inf
 
     def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
