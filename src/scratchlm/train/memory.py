@@ -374,7 +374,8 @@ def check_fits(setup: TrainingSetup, capacity: int, device: str, tokens_per_step
 def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
     """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
     size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
-    bf16 None: the config's, on unless false (the planner plans for a GPU)."""
+    bf16 None: the config's, on unless false (the planner plans for a GPU); the attention is what a GPU gets
+    when the config names none (model/files.py attention_backend)."""
     from .parallel import fsdp_reshard_after_forward
 
     values = dict(
@@ -389,7 +390,7 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         gradient_checkpointing=config.gradient_checkpointing,
         compile=config.torch_compile,
         bf16=config.bf16 is not False if bf16 is None else bf16,
-        attention=config.attn_implementation or "sdpa",
+        attention=config.attn_implementation or ("flex_attention" if config.document_masking else "sdpa"),
         document_masking=config.document_masking,
     )
     return TrainingSetup(**{**values, **overrides})

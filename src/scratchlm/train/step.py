@@ -36,21 +36,21 @@ class Stepper:
     def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
         """Optimizer step `number` (1-based); `last_good()` names the checkpoint to go back to when the loss
         is not finite."""
-        device = self.world.device
-        loss_sum = torch.zeros((), device=device)
-        checksum, first = 0, None
-        for micro in range(self.accumulation):
-            batch = next(self.loader)
-            checksum += window_checksum(batch["window_ids"])
-            inputs = batch["input_ids"].to(device, non_blocking=True)
-            kwargs = {"labels": batch["labels"].to(device, non_blocking=True), "loss_from_hidden": self.loss_fn}
+        loss_sum = torch.zeros((), device=self.world.device)
+        # The step's micro-batches are taken (and copied to the GPU, pinned and non-blocking) before any
+        # compute is queued: no host synchronisation inside the loop, and the loader's position is exactly
+        # what the step consumed, for the checkpoint.
+        batches = [next(self.loader) for _ in range(self.accumulation)]
+        checksum = sum(window_checksum(b["window_ids"]) for b in batches)
+        batches = [self.on_device(b) for b in batches]
+        for micro, batch in enumerate(batches):
+            kwargs = {"labels": batch["labels"], "loss_from_hidden": self.loss_fn}
             if self.config.document_masking:
-                kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+                kwargs["position_ids"] = batch["position_ids"]
             with gradient_sync(self.model, micro == self.accumulation - 1), autocast(self.world, self.bf16):
-                loss = self.model(input_ids=inputs, **kwargs)
+                loss = self.model(input_ids=batch["input_ids"], **kwargs)
             (loss / self.accumulation).backward()
             loss_sum += loss.detach()
-            first = inputs if first is None else first
             del loss  # nothing of this micro-batch's graph outlives it
         grad_norm = clip_grad_norm(self.model, self.max_norm)
         # One collective for everything the ranks must agree on.
@@ -66,7 +66,13 @@ class Stepper:
                 "optimizer step; "
                 f"last good checkpoint: {last_good() or 'none yet'}"
             )
-        return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, first)
+        return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, batches[0]["input_ids"])
+
+    def on_device(self, batch: dict) -> dict:
+        device = self.world.device
+        if device.type != "cuda":
+            return batch
+        return {k: v if k == "window_ids" else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def window_checksum(window_ids: torch.Tensor) -> int:
