@@ -104,7 +104,7 @@ def main() -> None:
         if world.main:
             save_file({k: v.contiguous() for k, v in optimizer.grads[0].items()}, str(out / "grads.safetensors"))
     else:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import get_compilation_metrics
 
         optimizer = torch.optim.AdamW(unwrapped(wrapped).parameters(), lr=1e-3)
         stepper = Stepper(wrapped, optimizer, loader, accumulation, world, config.bf16, config)
@@ -114,7 +114,8 @@ def main() -> None:
             record["losses"].append(stepper.step(step, False, lambda: None).loss)
             record["calls"].append(stats["calls"] - before)
             record["graphs"].append(stats["graphs"])
-            record["recompiles"].append(sum(counters["recompiles"].values()) if "recompiles" in counters else 0)
+            # A recompilation is a compile made because a guard of an earlier one failed: it has a reason.
+            record["recompiles"].append(sum(bool(m.recompile_reason) for m in get_compilation_metrics()))
         if world.main:
             (out / "compile.json").write_text(json.dumps(record))
     world.close()
