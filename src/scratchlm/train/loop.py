@@ -286,16 +286,17 @@ def print_main(world: World, message: str) -> None:
 
 def prepare_data(config: PretrainConfig) -> None:
     """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards. (Imported
-    here: `datasets` is needed only to prepare data, and a GPU machine may hold shards and no `datasets`.)"""
-    from ..data.default import write_default
-    from ..data.prepare import prepare, read_prepare_config
-
+    where used: `datasets` is needed only to prepare data, and a GPU machine may hold shards and no `datasets`.)"""
     if config.default_data and not (Path(config.default_data) / "probes.jsonl").is_file():
+        from ..data.default import write_default
+
         write_default(config.default_data)
     if not config.data_config:
         if not (Path(config.data_dir) / "manifest.json").is_file():
             raise ScratchError(f"{config.data_dir} holds no prepared shards and no data_config says how to make them")
         return
+    from ..data.prepare import prepare, read_prepare_config
+
     data = read_prepare_config(read_yaml(config.data_config), where=config.data_config)
     tokenizer_dir = Path(data.tokenizer)
     if not (tokenizer_dir / "tokenizer.json").is_file():
