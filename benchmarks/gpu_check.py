@@ -167,7 +167,7 @@ for _shape in SHAPES:
     CHECKS[f"loop_vs_bare_{_shape}"] = ("gpu", "loop tok/s / bare PyTorch tok/s (the recipe's compile) >= 0.95")
     CHECKS[f"mfu_{_shape}"] = ("gpu", "the loop's MFU (dense bf16 peak 989 TFLOP/s) >= 0.50, the target")
     CHECKS[f"memory_estimate_{_shape}"] = ("gpu", "train/memory.py's peak within 15% of max_memory_allocated")
-    CHECKS[f"recompiles_{_shape}"] = ("gpu", "no recompilation in the loop's run (torch._dynamo's counters)")
+    CHECKS[f"recompiles_{_shape}"] = ("gpu", "no recompilation in the loop's run (dynamo's compilation metrics)")
 
 
 class Report:
@@ -218,7 +218,7 @@ class Report:
     @contextlib.contextmanager
     def section(self, name: str):
         start = time.monotonic()
-        entry = self.data["sections"].setdefault(name, {})
+        entry = self.data["sections"].setdefault(name, {"status": "running"})
         try:
             yield
             entry["status"] = "done"
@@ -237,6 +237,7 @@ class Report:
             "not_run": {
                 n: c["status"].removeprefix("not run: ") for n, c in checks.items() if c["status"].startswith("not run")
             },
+            "section_errors": {n: s["status"] for n, s in self.data["sections"].items() if "error" in s["status"]},
         }
 
     def write(self) -> None:
@@ -248,7 +249,9 @@ class Report:
         tmp.replace(self.path)
 
     def exit_code(self) -> int:
-        return 1 if self.summary()["failed"] else 0
+        """1 when a check failed or a section broke off (its checks then read pending)."""
+        summary = self.summary()
+        return 1 if summary["failed"] or summary["section_errors"] else 0
 
 
 # --- data ----------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ class Report:
 def prepare_check_data(out: Path, small: bool) -> None:
     """The tiny recipe's data as the loop makes it (loop.prepare_data: the embedded default, its tokenizer,
     the shards of recipes/tiny/data.yaml), in a scratch folder; then out/shards, out/probes.jsonl, out/core.
-    small: a tenth of the text and a 1,024-token vocabulary (smoke mode)."""
+    small: 150,000 tokens of text and a 1,024-token vocabulary (smoke mode's)."""
     from scratchlm.data.default import write_default
     from scratchlm.train.config import parse_pretrain_args
     from scratchlm.train.loop import prepare_data
@@ -279,7 +282,10 @@ def prepare_check_data(out: Path, small: bool) -> None:
             shutil.copytree(made / "data" / "core", out / "core")
         finally:
             os.chdir(here)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git here
+        commit = "unknown"
     (out / "made_by.json").write_text(json.dumps({"command": sys.argv, "commit": commit, "small": small}, indent=1))
 
 
@@ -389,10 +395,15 @@ def speed_checks(report: Report, shape: str, result: dict, compiled: bool) -> No
 
     def needs(part: str) -> dict:
         value = result.get(part) if part != "bare" else result.get("bare", {}).get(mode)
+        if not value and result.get("returncode") == "killed at its deadline":
+            raise TimeUp(f"the {shape} process was stopped at its deadline before its {part}")
         if not value:
             raise RuntimeError(f"the speed worker gave no {part}: {result.get('error', 'no error recorded')}")
-        if str(value.get("status", "done")).startswith("not run"):
-            raise NotRun(value["status"].removeprefix("not run: "))
+        status = str(value.get("status", "done"))
+        if status.startswith("not run"):
+            raise NotRun(status.removeprefix("not run: "))
+        if status.startswith("error"):
+            raise RuntimeError(f"{part}: {status}")
         return value
 
     def loop_vs_bare():
@@ -454,7 +465,7 @@ def speed_figures_complete(speed: dict, smoke: bool):
               and result.get("status") != "not run: time"}  # fmt: skip
     if failed or not ran:
         raise RuntimeError(f"no loop figures: {failed}")
-    missing = {}
+    missing, out_of_time = {}, {}
     for shape, result in ran.items():
         loop, bare = result["loop"], result.get("bare", {})
         wanted = {
@@ -467,7 +478,12 @@ def speed_figures_complete(speed: dict, smoke: bool):
             "profile": result.get("profile", {}).get("categories"),
         }
         missing[shape] = [name for name, value in wanted.items() if value is None]
-    return not any(missing.values()) and len(ran) == len(speed), {"missing": missing, "shapes_run": sorted(ran)}
+        out_of_time[shape] = [f"bare_{mode}" for mode, b in bare.items() if b.get("status") == "not run: time"]
+        missing[shape] = [name for name in missing[shape] if name not in out_of_time[shape]]
+    figures = {"missing": missing, "not_run_for_time": out_of_time, "shapes_run": sorted(ran)}
+    if not any(missing.values()) and (any(out_of_time.values()) or len(ran) < len(speed)):
+        raise TimeUp(f"measured what time allowed: {figures}")
+    return not any(missing.values()), figures
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -519,10 +535,10 @@ def main(argv=None) -> int:
         raise SystemExit("no GPU here: run with --smoke (CPU), or on a GPU machine")
     device = torch.device("cuda" if gpu else "cpu")
     out = args.out or RESULTS / ("gpu_check_smoke.json" if args.smoke else "gpu_check.json")
-    report = Report(out, args.smoke, args.budget_s or (300 if args.smoke else 450))
-    work = args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))
+    report = Report(out.resolve(), args.smoke, args.budget_s or (300 if args.smoke else 450))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))).resolve()  # the runs' cwd is the repository
     work.mkdir(parents=True, exist_ok=True)
-    data = args.data
+    data = args.data.resolve() if args.data else None
     if data is None and not args.smoke:
         raise SystemExit("--data DIR is required on a GPU: make it where `datasets` is installed (--prepare-data)")
     if data is None:
@@ -549,6 +565,8 @@ def main(argv=None) -> int:
             evaluation_checks(report, runs, results, device, data, args.smoke, correctness_deadline)
         with report.section("loop runs"):
             correctness_checks(report, runs, results, device, gpu)
+    if gpu:
+        torch.cuda.empty_cache()  # the speed processes get the card to themselves
     with report.section("speed"):
         speed_section(report, work, data, args.smoke)
     report.data["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

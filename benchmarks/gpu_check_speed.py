@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -59,9 +60,10 @@ def main() -> None:
     fit(t)
     result["loop"] = loop_figures(t, spec["warmup_steps"])
     save()
-    result["estimate"] = memory_estimate(t, result["loop"]["mem_peak_gib"])
+    # Each part after the loop's own figures is tried on its own: a failure is its figure, not the process's.
+    result["estimate"] = attempt(memory_estimate, t, result["loop"]["mem_peak_gib"])
     save()
-    result["profile"] = profile_one_step(t)
+    result["profile"] = attempt(profile_one_step, t)
     save()
     first_batch = next(WindowLoader(TokenShards(t.config.data_dir), t.plan.seq_len, t.plan.micro_batch))
     bare_inputs = {
@@ -76,8 +78,10 @@ def main() -> None:
         "device": t.world.device,
     }
     flops_per_token, peak = t.plan.flops_per_token, t.meter.peak
-    release(t)
-    del t
+    t.close()
+    t.world.close()
+    del t  # the loop's model, optimizer and compiled graphs leave the device before the bare reference starts
+    free_device_memory()
     result["bare"] = {}
     # The recipe's own compile setting first: it is what loop/bare is judged on.
     modes = ["compiled", "eager"] if spec["compile"] else ["eager", "compiled"]
@@ -86,14 +90,23 @@ def main() -> None:
             result["bare"][mode] = {"status": "not run: time"}
             continue
         backend = spec["compile_backend"] if mode == "compiled" else ""
-        figures = bare_reference(**bare_inputs, compile_backend=backend, warmup=spec["bare_warmup"],
-                                 steps=spec["bare_steps"])  # fmt: skip
-        figures["mfu"] = figures["tok_per_s"] * flops_per_token / peak if peak else None
+        steps = {"warmup": spec["bare_warmup"], "steps": spec["bare_steps"]}
+        figures = attempt(bare_reference, **bare_inputs, compile_backend=backend, **steps)
+        if "tok_per_s" in figures:
+            figures["mfu"] = figures["tok_per_s"] * flops_per_token / peak if peak else None
         result["bare"][mode] = figures
         save()
         free_device_memory()
     result["complete"] = True
     save()
+
+
+def attempt(measure, *args, **kwargs) -> dict:
+    try:
+        return measure(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - recorded as this part's figure; the parts after it still run
+        traceback.print_exc()
+        return {"status": f"error: {type(err).__name__}: {str(err).strip()[:400]}"}
 
 
 # --- the loop ----------------------------------------------------------------------------------------
@@ -111,8 +124,6 @@ def loop_training(spec: dict):
 
 def loop_figures(t, warmup_steps: int) -> dict:
     """Steady-state speed from metrics.jsonl (the first records include compilation), peak memory, recompiles."""
-    from torch._dynamo.utils import counters
-
     records = t.run.training_metrics()
     steady = records[warmup_steps:] or records[-1:]
     mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
@@ -126,8 +137,7 @@ def loop_figures(t, warmup_steps: int) -> dict:
         "step_s": statistics.median(t.plan.tokens_per_step / r["tok_per_s"] for r in steady),
         "first_step_s": first["tokens"] / first["tok_per_s"],  # compilation included
         "mem_peak_gib": max(r["mem_peak_gb"] for r in records),  # torch.cuda.max_memory_allocated, GiB
-        "recompiles": sum(counters["recompiles"].values()),
-        "unique_graphs": counters["stats"]["unique_graphs"],
+        **compilations(),
         "losses": [round(r["loss"], 4) for r in records],
         "micro_batch": t.plan.micro_batch,
         "seq_len": t.plan.seq_len,
@@ -136,7 +146,7 @@ def loop_figures(t, warmup_steps: int) -> dict:
         "flops_per_token": t.plan.flops_per_token,
         "peak_tflops": t.meter.peak / 1e12,
         "attention": t.model_config._attn_implementation,
-        "loss_fn": t.stepper.loss_fn.__name__,
+        "loss_fn": function_name(t.stepper.loss_fn),
         "compile": t.config.torch_compile,
         "gradient_checkpointing": t.config.gradient_checkpointing,
         "bf16": t.stepper.bf16,
@@ -145,13 +155,32 @@ def loop_figures(t, warmup_steps: int) -> dict:
     }
 
 
+def compilations() -> dict:
+    """What dynamo compiled in this process: frames, graphs, and the recompilations (a frame compiled again
+    because a guard failed) with their reasons. (torch's counters["recompiles"] is never incremented.)"""
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    reasons = [m.recompile_reason for m in get_compilation_metrics() if getattr(m, "recompile_reason", None)]
+    return {
+        "recompiles": len(reasons),
+        "recompile_reasons": [reason.splitlines()[0][:200] for reason in reasons[:5]],
+        "frames_compiled": counters["frames"]["total"],
+        "unique_graphs": counters["stats"]["unique_graphs"],
+    }
+
+
+def function_name(function) -> str:
+    """A loss function's name, through functools.partial too."""
+    return getattr(function, "__name__", None) or getattr(getattr(function, "func", None), "__name__", repr(function))
+
+
 def memory_estimate(t, measured_gib: float) -> dict:
     """train/memory.py's allocated peak for this very run, against torch.cuda.max_memory_allocated."""
     if importlib.util.find_spec("scratchlm.train.memory") is None:
         return {"status": "not run: train/memory.py absent"}
     from scratchlm.train import memory
 
-    loss = LOSS_KINDS.get(t.stepper.loss_fn.__name__, "chunked")
+    loss = LOSS_KINDS.get(function_name(t.stepper.loss_fn), "chunked")
     run_setup = memory.setup_for_run(
         t.config, t.model_config, t.plan, bf16=t.stepper.bf16, sharded=t.world.fsdp, loss=loss,
         attention=t.model_config._attn_implementation,
@@ -166,13 +195,6 @@ def memory_estimate(t, measured_gib: float) -> dict:
         "terms_gib": {name: round(value / GIB, 3) for name, value in estimate.terms.items()},
         "loss": loss,
     }
-
-
-def release(t) -> None:
-    """The loop's model, optimizer and compiled graphs leave the device before the bare reference starts."""
-    t.close()
-    t.world.close()
-    free_device_memory()
 
 
 def free_device_memory() -> None:

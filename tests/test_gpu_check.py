@@ -10,7 +10,7 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import gpu_check  # noqa: E402
-from gpu_check_speed import category_of, covered_ms  # noqa: E402
+from gpu_check_speed import category_of, compilations, covered_ms  # noqa: E402
 
 # CPU-runnable checks that smoke mode leaves out, and why (anything else must pass).
 SMOKE_SKIPS = {
@@ -93,3 +93,15 @@ def test_profile_categories_of_real_kernel_names_and_overlapping_kernels():
     assert {name: category_of(name) for name in names} == names
     # µs intervals, two of them overlapping (kernels on two streams): 10 + 5 + 10 µs of busy device.
     assert covered_ms([(0.0, 10.0), (5.0, 15.0), (20.0, 30.0), (22.0, 25.0)]) == 0.025
+
+
+def test_recompilations_are_counted_with_their_reasons():
+    import torch
+
+    before = compilations()["recompiles"]
+    scale = torch.compile(lambda x, factor: x * factor, backend="eager")
+    scale(torch.ones(3), 2)
+    scale(torch.ones(3), 3)  # an int argument is guarded on: the frame compiles again
+    counted = compilations()
+    assert counted["recompiles"] == before + 1 and counted["frames_compiled"] >= 2
+    assert any("factor" in reason for reason in counted["recompile_reasons"])
