@@ -43,7 +43,6 @@ from scratchlm.train.parallel import World, wrap_model  # noqa: E402
 from scratchlm.train.step import Stepper  # noqa: E402
 
 TINY = REPO / "recipes" / "tiny"
-RESULTS = REPO / "benchmarks" / "results"
 # Smoke mode's model: the tiny preset at test size (every code path, a fraction of the work); its vocabulary
 # takes the tokenizer of either data (1,024 tokens asked for smoke mode's, 1,275 in the full tiny recipe's).
 SMOKE_MODEL = {"preset": "tiny", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -7,7 +7,7 @@ recompile count are its own. gpu_check.py starts it:
    compile, checkpointing and precision; one GPU; the given micro-batch, no accumulation), stopped
    after a few steps. Its checkpoint writes are switched off (a 1B checkpoint is 12 GB of disk and
    seconds of writing that are no part of a step's speed) and it never reaches its export. Speed,
-   MFU and peak memory come from its metrics.jsonl; recompiles from torch's dynamo counters.
+   MFU and peak memory come from its metrics.jsonl; recompiles from dynamo's compilation metrics.
 2. The memory estimator (train/memory.py, when present) for the same run, against that peak.
 3. A torch.profiler profile of one more step of the loop's own Stepper, summarised by category.
 4. A bare PyTorch reference of the same step: the same model class, config, micro-batch and
@@ -206,29 +206,15 @@ def free_device_memory() -> None:
 
 # --- one step, profiled ------------------------------------------------------------------------------
 
-# (category, substrings of a kernel's or an operator's name); the first that matches wins.
+# (category, substrings of a kernel's or an operator's name); the first that matches wins. cuBLAS's Hopper
+# kernels are sm90_xmma_gemm_* and nvjet_*; flex_attention's are inductor templates (triton_tem_*), and
+# without max-autotune inductor makes templates for nothing else.
+MATMUL = ("gemm", "gemv", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "aten::mm", "aten::addmm", "aten::bmm")
 CATEGORIES = (
     ("communication", ("nccl", "all_reduce", "allreduce", "all_gather", "reduce_scatter", "c10d::")),
-    # flex_attention's kernels are inductor templates (triton_tem_*): without max-autotune, inductor
-    # makes templates for nothing else.
     ("attention", ("flash", "fmha", "attention", "flex", "sdpa", "triton_tem")),
     ("optimizer", ("adam", "multi_tensor_apply", "foreach", "optimizer")),
-    (
-        "matmul",
-        (
-            "gemm",
-            "gemv",
-            "cutlass",
-            "xmma",
-            "nvjet",
-            "cublas",
-            "wgmma",
-            "aten::mm",
-            "aten::addmm",
-            "aten::bmm",
-            "aten::matmul",
-        ),
-    ),
+    ("matmul", MATMUL),
     ("memory copy", ("memcpy", "memset")),
 )
 
