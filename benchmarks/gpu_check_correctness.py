@@ -9,9 +9,9 @@
 Each check is a function returning (passed, figures), or raising NotRun (with why) or any error (a fail).
 """
 
+import contextlib
 import copy
 import importlib.util
-import inspect
 import os
 import signal
 import subprocess
@@ -34,7 +34,8 @@ from scratchlm.eval.chat import read_rows  # noqa: E402
 from scratchlm.eval.core import evaluate_core, load_bundle  # noqa: E402
 from scratchlm.eval.probes import probe_accuracy  # noqa: E402
 from scratchlm.model import ScratchForCausalLM  # noqa: E402
-from scratchlm.model.files import attention_backend, evaluation_dtype, load_model, load_model_from  # noqa: E402
+from scratchlm.model.files import attention_backend, load_for_evaluation, load_model, load_model_from  # noqa: E402
+from scratchlm.model.loss import liger_loss, lm_loss, plain_lm_loss  # noqa: E402
 from scratchlm.model.modeling_scratch import SoftCappedLinear  # noqa: E402
 from scratchlm.model.presets import build_config  # noqa: E402
 from scratchlm.run_dir import RunDir  # noqa: E402
@@ -415,11 +416,13 @@ def evaluation_checks(report, runs: LoopRuns, results: dict, device: torch.devic
                       smoke: bool, deadline: float) -> None:  # fmt: skip
     """Validation loss, probes and CORE of a trained tiny model on the CPU, then on `device` against those."""
     source = "accum_8x1" if smoke else "gpu_fp32"
+    export = runs.work / source / "export"
     try:
         results[source].result()
-        model, tokenizer = load_model(runs.work / source / "export")
+        model, tokenizer = load_model(export)
         origin = f"the export of run {source}"
     except Exception as err:  # noqa: BLE001 - GPU against CPU needs any weights, trained ones preferred
+        export = None
         from scratchlm.tokenization import load_tokenizer
 
         tokenizer = load_tokenizer(data / "shards" / "tokenizer")
@@ -438,7 +441,7 @@ def evaluation_checks(report, runs: LoopRuns, results: dict, device: torch.devic
         "core": lambda m: evaluate_core(m, tokenizer, tasks, 4 if smoke else CORE_ITEMS, split=False)["core"],
     }
     cpu = {}
-    report.data["evaluation"] = {"model": origin, "cpu": cpu, "evaluation_dtype": str(evaluation_dtype())}
+    report.data["evaluation"] = {"model": origin, "cpu": cpu}
 
     def on_cpu(name: str) -> float:  # once, when first needed: a failure is the check's that needed it
         if name not in cpu:
@@ -460,16 +463,28 @@ def evaluation_checks(report, runs: LoopRuns, results: dict, device: torch.devic
         return abs(value - on_cpu("core")) <= 0.02, {"gpu": value, "cpu": on_cpu("core")}
 
     def bf16():
+        """As the Evaluator runs in training (bf16 autocast over fp32 weights) and as `scratchlm eval` loads a
+        model (load_for_evaluation: bf16 weights on a GPU), against fp32 on the same GPU."""
         fp32 = metrics["val_loss"](on_gpu)
-        figures = {"val_loss_fp32": fp32, "evaluation_dtype": str(evaluation_dtype())}
-        with torch.autocast(device.type, dtype=torch.bfloat16):  # as the Evaluator runs under bf16
-            for name, measure in metrics.items():
-                try:
-                    figures[f"{name}_bf16"] = measure(on_gpu)
-                except Exception as err:  # noqa: BLE001 - every evaluation is tried, each failure named
-                    figures[f"{name}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
-        ok = not any(k.endswith("_error") for k in figures) and abs(figures["val_loss_bf16"] - fp32) <= 0.02
-        return ok, figures
+        if export is None:
+            raise RuntimeError(f"no export to load for evaluation: {origin}")
+        in_bf16, _ = load_for_evaluation(export, device=device)
+        figures = {"val_loss_fp32": fp32, "bf16_weights_dtype": str(next(in_bf16.parameters()).dtype)}
+        ways = [
+            ("autocast", on_gpu, torch.autocast(device.type, dtype=torch.bfloat16), 0.02),
+            ("bf16_weights", in_bf16, contextlib.nullcontext(), 0.03),
+        ]
+        for way, evaluated, precision, tolerance in ways:
+            with precision:
+                for name, measure in metrics.items():
+                    try:
+                        figures[f"{name}_{way}"] = measure(evaluated)
+                    except Exception as err:  # noqa: BLE001 - every evaluation is tried, each failure named
+                        figures[f"{name}_{way}_error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            loss = figures.get(f"val_loss_{way}")
+            figures[f"{way}_within_{tolerance}"] = loss is not None and abs(loss - fp32) <= tolerance
+        passed = all(v for k, v in figures.items() if "_within_" in k) and not any("error" in k for k in figures)
+        return passed, figures
 
     report.check("probes_on_gpu", probes, deadline)
     report.check("core_on_gpu", core, deadline)
@@ -480,13 +495,8 @@ def evaluation_checks(report, runs: LoopRuns, results: dict, device: torch.devic
 
 
 def chunked_loss(device: torch.device):
-    """train/loss.py's chunked loss (several chunks: 600 tokens, 128 a chunk) against the plain one, in fp32."""
-    if importlib.util.find_spec("scratchlm.train.loss") is None:
-        raise NotRun("train/loss.py absent")
-    from scratchlm.train.loss import lm_loss, plain_lm_loss
-
-    chunked = {"chunk_tokens": 128} if "chunk_tokens" in inspect.signature(lm_loss).parameters else {}
-    figures = {"chunk_tokens": chunked.get("chunk_tokens", "lm_loss's default")}
+    """model/loss.py's chunked loss (600 tokens in chunks of 128) against the plain one, in fp32."""
+    figures = {"chunk_tokens": 128}
     worst = 0.0
     for cap in (None, 15.0):
         torch.manual_seed(0)
@@ -496,7 +506,7 @@ def chunked_loss(device: torch.device):
         labels = torch.randint(0, 1000, (2, 300), device=device)
         labels[:, ::7] = -100  # ignored positions, as padding would be
         outputs = []
-        for loss_fn, options in ((lm_loss, chunked), (plain_lm_loss, {})):
+        for loss_fn, options in ((lm_loss, {"chunk_tokens": 128}), (plain_lm_loss, {})):
             loss = loss_fn(hidden, head, labels, **options)
             outputs.append([loss.detach(), *torch.autograd.grad(loss, (hidden, head.weight))])
         errors = {
@@ -505,4 +515,5 @@ def chunked_loss(device: torch.device):
         }
         figures[f"softcap_{cap}"] = {"relative_errors": errors, "loss": float(outputs[1][0])}
         worst = max(worst, *errors.values())
+    figures["liger_on_this_device"] = liger_loss(device) is not None  # then lm_loss is Liger's kernel
     return worst <= 1e-5, figures

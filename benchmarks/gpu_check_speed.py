@@ -18,7 +18,7 @@ OUT.json is rewritten after each part, so a process killed at its deadline leave
 """
 
 import gc
-import importlib.util
+import inspect
 import json
 import statistics
 import sys
@@ -37,12 +37,13 @@ from scratchlm.data.loader import WindowLoader  # noqa: E402
 from scratchlm.data.shards import TokenShards  # noqa: E402
 from scratchlm.model import ScratchForCausalLM  # noqa: E402
 from scratchlm.model.info import model_stats  # noqa: E402
+from scratchlm.model.loss import liger_loss  # noqa: E402
 from scratchlm.train.config import PretrainConfig  # noqa: E402
 from scratchlm.train.loop import fit, setup  # noqa: E402
+from scratchlm.train.memory import estimate_memory, setup_for_run  # noqa: E402
+from scratchlm.train.parallel import checkpoint_layers  # noqa: E402
 
 GIB = 2**30
-# What the loop's loss functions are called, as memory.py's TrainingSetup names them.
-LOSS_KINDS = {"full_logits_loss": "plain", "plain_lm_loss": "plain", "lm_loss": "chunked"}
 
 
 def main() -> None:
@@ -71,9 +72,9 @@ def main() -> None:
         "micro_batch": t.plan.micro_batch,
         "seq_len": t.plan.seq_len,
         "position_ids": first_batch["position_ids"],  # the loop's document layout: the same attention work
-        "loss_fn": t.stepper.loss_fn,
+        "loss_fn": inspect.unwrap(t.stepper.loss_fn),  # the loop's, uncompiled (the bare reference compiles it)
         "bf16": t.stepper.bf16,
-        "checkpointing": t.config.gradient_checkpointing,
+        "checkpointing": t.config.gradient_checkpointing and t.config.gradient_checkpointing_policy,
         "max_grad_norm": t.config.max_grad_norm,
         "device": t.world.device,
     }
@@ -146,7 +147,7 @@ def loop_figures(t, warmup_steps: int) -> dict:
         "flops_per_token": t.plan.flops_per_token,
         "peak_tflops": t.meter.peak / 1e12,
         "attention": t.model_config._attn_implementation,
-        "loss_fn": function_name(t.stepper.loss_fn),
+        "loss_fn": inspect.unwrap(t.stepper.loss_fn).__name__,
         "compile": t.config.torch_compile,
         "gradient_checkpointing": t.config.gradient_checkpointing,
         "bf16": t.stepper.bf16,
@@ -169,23 +170,16 @@ def compilations() -> dict:
     }
 
 
-def function_name(function) -> str:
-    """A loss function's name, through functools.partial too."""
-    return getattr(function, "__name__", None) or getattr(getattr(function, "func", None), "__name__", repr(function))
-
-
 def memory_estimate(t, measured_gib: float) -> dict:
-    """train/memory.py's allocated peak for this very run, against torch.cuda.max_memory_allocated."""
-    if importlib.util.find_spec("scratchlm.train.memory") is None:
-        return {"status": "not run: train/memory.py absent"}
-    from scratchlm.train import memory
-
-    loss = LOSS_KINDS.get(function_name(t.stepper.loss_fn), "chunked")
-    run_setup = memory.setup_for_run(
+    """train/memory.py's allocated peak for this very run (as the loop's check_memory sets it up), against
+    torch.cuda.max_memory_allocated."""
+    lm = inspect.unwrap(t.stepper.loss_fn).__name__ == "lm_loss"
+    loss = ("liger" if liger_loss(t.world.device) else "chunked") if lm else "plain"
+    run_setup = setup_for_run(
         t.config, t.model_config, t.plan, bf16=t.stepper.bf16, sharded=t.world.fsdp, loss=loss,
         attention=t.model_config._attn_implementation,
     )  # fmt: skip
-    estimate = memory.estimate_memory(run_setup)
+    estimate = estimate_memory(run_setup)
     estimated = estimate.allocated_peak / GIB
     return {
         "status": "done",
@@ -318,12 +312,12 @@ def bare_reference(model_config, micro_batch, seq_len, position_ids, loss_fn, bf
     torch.manual_seed(0)
     with torch.device(device):
         model = ScratchForCausalLM(model_config)
-    if checkpointing:  # as wrap_model enables it
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
-    if compile_backend:  # per decoder block, as wrap_model compiles
+    if checkpointing:  # the policy's name (full, selective), as wrap_model enables it
+        checkpoint_layers(model, checkpointing)
+    if compile_backend:  # per decoder block as wrap_model compiles, and the loss as train/step.py's training_loss
         for layer in model.model.layers:
             layer.compile(backend=compile_backend)
+        loss_fn = torch.compile(loss_fn, backend=compile_backend)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     shape = (micro_batch, seq_len)

@@ -15,7 +15,6 @@ from gpu_check_speed import category_of, compilations, covered_ms  # noqa: E402
 # CPU-runnable checks that smoke mode leaves out, and why (anything else must pass).
 SMOKE_SKIPS = {
     "masking_eval_flex_attention": "smoke mode (tests/test_masking.py checks it on a CPU)",
-    "chunked_loss_equals_plain_fp32": "train/loss.py absent",  # until train/loss.py lands
 }
 
 
