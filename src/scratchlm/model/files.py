@@ -116,15 +116,15 @@ def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -
     if format == "llama":
         model = as_stock_llama(model)
     out_dir = Path(out_dir)
-    if format == "bitnet-packed":
-        sizes = save_packed(model, tokenizer, out_dir)
-        packed, full = sizes["packed_bytes"] / 1e6, sizes["full_precision_bytes"] / 1e6
-        print(f"bitnet-packed: {packed:.2f} MB on disk against {full:.2f} MB of full-precision weights")
-        return out_dir
     if tokenizer is not None:
         model.generation_config = generation_config(tokenizer)
         tokenizer.model_max_length = model.config.max_position_embeddings
         tokenizer.save_pretrained(str(out_dir))
+    if format == "bitnet-packed":
+        sizes = save_packed(model, out_dir)
+        packed, full = sizes["packed_bytes"] / 1e6, sizes["full_precision_bytes"] / 1e6
+        print(f"bitnet-packed: {packed:.2f} MB on disk against {full:.2f} MB of full-precision weights")
+        return out_dir
     model.save_pretrained(str(out_dir))
     return out_dir
 
