@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import yaml
 
 from helpers import SMALL_MODEL, launch, small_config, small_run
-from scratchlm.model import ScratchForCausalLM
 from scratchlm.errors import ScratchError
+from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.bitnet import bitlinears, bitnet_stats, clip_rate, load_packed, pack_ternary
 from scratchlm.model.files import load_model, save_model
 from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights, unpack_ternary

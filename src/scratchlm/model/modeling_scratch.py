@@ -7,6 +7,7 @@ checkpoint with the same weights. It also reads `bitnet-packed` exports (2-bit w
 never imported scratchlm loads one with `from_pretrained(dir, trust_remote_code=True)` like any other.
 """
 
+import contextlib
 import os
 
 import torch
@@ -109,10 +110,8 @@ class ScratchForCausalLM(LlamaForCausalLM):
             found = sorted(info["missing_keys"] or info["unexpected_keys"]) or info["mismatched_keys"]
             raise ValueError(f"{packed} does not fit its config: {found[:3]}")
         model.name_or_path = model.config.name_or_path = str(pretrained_model_name_or_path)
-        try:
+        with contextlib.suppress(OSError):  # packed before exports carried one: keep the config's default
             model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **download)
-        except OSError:  # packed before exports carried one: keep the default from the config
-            pass
         return (model, info) if wants_info else model
 
     @classmethod
