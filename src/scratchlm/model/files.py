@@ -138,7 +138,7 @@ def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
             f"cannot export as llama: the model uses {', '.join(problems)}, which stock Llama lacks; "
             "export with --format scratch (loads with trust_remote_code=True)"
         )
-    llama_keys = set(LlamaConfig.__dataclass_fields__)
+    llama_keys = set(LlamaConfig.__dataclass_fields__) | {"training_seq_len"}  # an extra key: `eval bpb` reads it
     values = {k: v for k, v in config.to_dict().items() if k in llama_keys}
     llama_config = LlamaConfig(**values)
     with torch.device("meta"):
