@@ -1,6 +1,7 @@
 """`scratchlm chat` driven through a pipe, as a script would (turns, /clear, /quit, the context limit), and
 through a real terminal, as a person would (readline, Ctrl-C, /help); the sampling options it is given."""
 
+import contextlib
 import os
 import pty
 import select
@@ -65,10 +66,8 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if select.select([self.fd], [], [], 0.1)[0]:
-                try:
+                with contextlib.suppress(OSError):  # the child closed the terminal
                     self.output += os.read(self.fd, 65536)
-                except OSError:  # the child closed the terminal
-                    pass
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 return os.waitstatus_to_exitcode(status)
