@@ -1,5 +1,6 @@
 """BitNet b1.58: the quantizers on known tensors, straight-through gradients, checkpoints that load
-without scratchlm, the packed export, and the metrics a training run logs."""
+without scratchlm, the packed export, and the metrics a training run logs (a BitNet run itself, shared with
+its exports' tests, is in test_exports.py)."""
 
 import json
 import os
@@ -9,15 +10,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from helpers import SMALL_MODEL, launch, small_config, small_run
+from helpers import SMALL_MODEL, small_config
 from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.bitnet import bitlinears, bitnet_stats, clip_rate, load_packed, pack_ternary
 from scratchlm.model.files import load_model, save_model
 from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights, unpack_ternary
-from scratchlm.run_dir import RunDir
 
 
 def bitnet_model(seed: int = 0) -> ScratchForCausalLM:
@@ -144,21 +143,3 @@ def test_bitnet_stats_are_the_zero_share_the_mean_scale_and_the_clip_rate():
     # One outlier per token puts one of its features at the end of the int8 range; ties put two there.
     assert clip_rate(torch.tensor([[1.0, 0.5, 0.2, 0.1], [0.3, -2.0, 0.0, 1.0]])) == 0.25
     assert clip_rate(torch.tensor([[1.0, -1.0, 0.5, 0.5]])) == 0.5
-
-
-def test_a_bitnet_run_logs_its_metrics_and_exports_packed(tmp_path, shards_dir):
-    config = small_run(tmp_path, shards_dir, export_format="bitnet-packed")
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**SMALL_MODEL, "bitnet": True}))
-    launch(tmp_path, "--config", str(config))
-    metrics = RunDir(tmp_path / "run").training_metrics()
-    assert metrics[-1]["loss"] < metrics[0]["loss"]
-    for m in metrics:
-        assert 0 < m["bitnet_zero_fraction"] < 1 and m["bitnet_weight_scale"] > 0
-        assert 0 < m["bitnet_act_clip_rate"] < 0.5
-    assert json.loads((tmp_path / "run" / "export" / "bitnet_packed.json").read_text())["packed_bytes"] > 0
-    model, _ = load_model(tmp_path / "run" / "export")
-    assert model.config.bitnet
-    # The last record was logged after the last step: the exported weights give back its numbers.
-    exported = bitnet_stats(model, torch.randint(0, 1000, (1, 16)))
-    assert exported["bitnet_zero_fraction"] == metrics[-1]["bitnet_zero_fraction"]
-    assert exported["bitnet_weight_scale"] == pytest.approx(metrics[-1]["bitnet_weight_scale"], rel=1e-5)
