@@ -143,3 +143,16 @@ def test_bitnet_stats_are_the_zero_share_the_mean_scale_and_the_clip_rate():
     # One outlier per token puts one of its features at the end of the int8 range; ties put two there.
     assert clip_rate(torch.tensor([[1.0, 0.5, 0.2, 0.1], [0.3, -2.0, 0.0, 1.0]])) == 0.25
     assert clip_rate(torch.tensor([[1.0, -1.0, 0.5, 0.5]])) == 0.5
+
+
+def test_a_packed_export_loads_through_from_pretrained_s_own_arguments(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+
+    save_model(bitnet_model(), load_tokenizer(tokenizer_dir), tmp_path / "packed", format="bitnet-packed")
+    full = ScratchForCausalLM.from_pretrained(tmp_path / "packed")
+    half, info = ScratchForCausalLM.from_pretrained(tmp_path / "packed", dtype=torch.bfloat16, output_loading_info=True)
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    for name, layer in bitlinears(half).items():  # bf16 keeps the ternary values: they are exact in any dtype
+        assert torch.equal(ternary_weights(layer.weight.float())[0], ternary_weights(bitlinears(full)[name].weight)[0])
+    assert half.generation_config.eos_token_id == full.generation_config.eos_token_id != half.config.eos_token_id

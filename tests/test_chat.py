@@ -37,6 +37,7 @@ def test_a_piped_conversation_streams_replies_clears_and_quits(small_model_dir):
     assert len(replies) == 3  # hello, the first long turn, hello again; "never read" comes after /quit
     assert replies[0] == replies[2]  # greedy: "hello" after /clear is answered as it was first
     assert "you>" not in result.stdout  # no prompt when stdin is not a terminal
+    assert "\r" not in result.stderr  # nor progress bars (loading weights) when stderr is a pipe or a log file
 
 
 class Terminal:

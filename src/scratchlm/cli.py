@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not sys.stderr.isatty():  # a log file: the libraries' bars (loading weights, downloads) are one endless
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # line there; read when they are imported
     try:
         if argv and argv[0] in POST_TRAINING:
             from .posttrain import run_stage
