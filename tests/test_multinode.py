@@ -46,3 +46,12 @@ def test_two_machines_train_save_resume_and_export_like_one(tmp_path, shards_dir
     for step in single:  # DDP on one machine, FSDP2 across two: the same sums in another order
         assert multi[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5), step
         assert multi[step]["windows_checksum"] == single[step]["windows_checksum"]
+
+
+def test_the_slurm_example_is_bash_and_runs_the_command_tested_here():
+    script = REPO / "recipes" / "slurm.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for flag in ("--config_file accelerate_configs/multinode.yaml", "--machine_rank", "--main_process_ip",
+                 "--num_processes", "recipes/pretrain.py --config"):  # fmt: skip
+        assert flag in text, flag

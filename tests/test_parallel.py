@@ -54,3 +54,28 @@ def test_compile_covers_every_layer_once_under_fsdp2(tmp_path, processes):
     assert compiled["calls"] == [2 * (layers + 1) * accumulation] * steps
     assert eager["calls"] == [0] * steps
     torch.testing.assert_close(compiled["losses"], eager["losses"], rtol=1e-5, atol=1e-6)
+
+
+def test_selective_checkpointing_keeps_more_than_full_and_less_than_none_for_the_same_gradients():
+    from helpers import small_config
+    from scratchlm.model import ScratchForCausalLM
+    from scratchlm.train.memory import measure_micro_step
+    from scratchlm.train.parallel import checkpoint_layers
+
+    generator = torch.Generator().manual_seed(0)
+    windows = [torch.randint(4, 1000, (4, 129), generator=generator) for _ in range(2)]
+    batches = [(w[:, :-1], torch.arange(128).repeat(4, 1), w[:, 1:]) for w in windows]
+    measured, grads = {}, {}
+    for policy in ("none", "full", "selective"):
+        torch.manual_seed(0)
+        model = ScratchForCausalLM(small_config(max_position_embeddings=128)).train()
+        if policy != "none":
+            checkpoint_layers(model, policy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        measured[policy] = measure_micro_step(model, optimizer, batches, autocast=None)["live_after_forward"]
+        grads[policy] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    print("live bytes after the forward:", measured)
+    assert measured["full"] < measured["selective"] < measured["none"], measured
+    for policy in ("full", "selective"):
+        for name, grad in grads["none"].items():
+            torch.testing.assert_close(grads[policy][name], grad, rtol=1e-5, atol=1e-7)

@@ -12,7 +12,7 @@ from ..progress import Bar
 def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32, progress: bool = False) -> dict:
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     correct, examples = [], []
     bar = Bar(len(rows), "eval probes", "probes", enabled=progress)
     for first in range(0, len(rows), batch_size):

@@ -113,6 +113,9 @@ class PretrainConfig:
     # Speed and memory
     bf16: bool | None = key(None, "bf16 mixed precision (default: on when the GPU supports it; never on a CPU)")
     gradient_checkpointing: bool = key(False, "recompute each decoder layer in backward: less memory, slower")
+    gradient_checkpointing_policy: Annotated[str, one_of("full", "selective")] = key(
+        "full", "full: keep layer inputs only; selective: keep matmul and attention outputs, recompute the rest"
+    )
     torch_compile: bool = key(False, "compile every decoder block (one graph serves all of them) and the loss")
     torch_compile_backend: str = key("inductor", "torch.compile's backend (aot_eager: compiles fast, runs eager)")
     attn_implementation: Annotated[str, one_of("", *ATTENTION)] = key(

@@ -8,6 +8,7 @@ and only under `accelerate launch`; we check the machine itself and say what we 
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -81,7 +82,7 @@ def follow_the_launcher() -> None:
 
 
 NCCL_REASONS = {
-    "NCCL_P2P_DISABLE": "some GPU pairs have no peer access; NCCL P2P would hang or corrupt",
+    "NCCL_P2P_DISABLE": "some GPU pairs have no working peer access (none, or copies came back wrong)",
     "NCCL_IB_DISABLE": "no InfiniBand device; NCCL would probe it and can stall",
 }
 
@@ -97,8 +98,38 @@ def nccl_settings(peer: dict[tuple[int, int], bool], infiniband: bool, env) -> d
 
 
 def peer_access() -> dict[tuple[int, int], bool]:
+    """Which GPU pairs can copy to each other directly AND do so correctly: `can_device_access_peer` says yes
+    on 4090s whose driver enables P2P and then hangs or returns zeros, so a known tensor is copied across
+    every pair that claims access and compared."""
     count = torch.cuda.device_count()
-    return {(a, b): torch.cuda.can_device_access_peer(a, b) for a in range(count) for b in range(count) if a != b}
+    claimed = {(a, b): torch.cuda.can_device_access_peer(a, b) for a in range(count) for b in range(count) if a != b}
+    pattern = torch.arange(1 << 18, dtype=torch.float32)  # 1 MiB, no two values alike
+    for (a, b), ok in claimed.items():
+        if ok:
+            copied = pattern.to(f"cuda:{a}").to(f"cuda:{b}")
+            torch.cuda.synchronize(b)
+            claimed[a, b] = torch.equal(copied.cpu(), pattern)
+    return claimed
+
+
+def check_first_collective(world, timeout_s: float = 60.0) -> None:
+    """One all-reduce before the first step, under a short timeout: NCCL over a broken peer path hangs or sums
+    wrongly, and it is better to hear it now, with the setting that avoids it, than to find a hung job later."""
+    import torch.distributed as dist
+
+    from ..errors import ScratchError
+
+    if world.size == 1:
+        return
+    values = torch.full((1024,), float(world.rank + 1), device=world.device)
+    fix = "add NCCL_P2P_DISABLE: \"1\" to the recipe's env: block (or export it) and launch again"
+    try:
+        dist.all_reduce(values, async_op=True).wait(timeout=timedelta(seconds=timeout_s))
+    except RuntimeError as err:
+        raise ScratchError(f"the first all-reduce did not finish in {timeout_s:.0f} s ({err}); {fix}") from None
+    expected = world.size * (world.size + 1) / 2
+    if not torch.all(values == expected):
+        raise ScratchError(f"the first all-reduce summed wrongly ({values[0].item()} instead of {expected}); {fix}")
 
 
 def has_infiniband() -> bool:

@@ -30,7 +30,7 @@ from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, t
 from .checkpoint import Checkpointer, resume_point
 from .config import PretrainConfig
 from .evaluate import Evaluator
-from .hardware import describe_hardware, prepare_environment
+from .hardware import check_first_collective, describe_hardware, prepare_environment
 from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
@@ -182,6 +182,7 @@ class StopRequest:
 def setup(config: PretrainConfig) -> Training:
     prepare_environment()
     world = start_world()
+    check_first_collective(world)
     run = RunDir(config.output_dir)
     lock = take_lock(run, world)
     bf16 = config.bf16 if config.bf16 is not None else torch.cuda.is_available() and torch.cuda.is_bf16_supported()

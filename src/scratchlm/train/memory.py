@@ -387,7 +387,8 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         sharded=plan.world_size > 1,
         reshard_after_forward=fsdp_reshard_after_forward(config.reshard_after_forward),
         reduce_dtype=config.reduce_dtype,
-        gradient_checkpointing=config.gradient_checkpointing,
+        # Selective checkpointing is estimated as none: it keeps more than full and less than none.
+        gradient_checkpointing=config.gradient_checkpointing and config.gradient_checkpointing_policy == "full",
         compile=config.torch_compile,
         bf16=config.bf16 is not False if bf16 is None else bf16,
         attention=config.attn_implementation or ("flex_attention" if config.document_masking else "sdpa"),

@@ -15,6 +15,7 @@ GPUs run is the code CPU processes (gloo) run in tests:
 """
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -103,7 +104,7 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
     Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it."""
     model.to(world.device)
     if config.gradient_checkpointing:
-        checkpoint_layers(model)
+        checkpoint_layers(model, config.gradient_checkpointing_policy)
     if config.torch_compile:
         for layer in model.model.layers:
             layer.compile(backend=config.torch_compile_backend)  # in place: parameter names (and checkpoints) stay
@@ -125,11 +126,34 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
     return model
 
 
-def checkpoint_layers(model: nn.Module) -> None:
+def checkpoint_layers(model: nn.Module, policy: str = "full") -> None:
     """Activation checkpointing per decoder layer, non-reentrant (transformers' own mechanism, under the name
-    of the installed version: activation_checkpointing_enable from 5.23, gradient_checkpointing_enable before)."""
+    of the installed version: activation_checkpointing_enable from 5.23, gradient_checkpointing_enable before).
+    "full" keeps each layer's input and recomputes the layer in backward; "selective" keeps the outputs of its
+    matmuls and attention too and recomputes only the cheap rest (norms, activations, casts, RoPE)."""
+    kwargs = {"use_reentrant": False}
+    if policy == "selective":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})
+    enable(kwargs)
+
+
+def _keep_matmul_outputs(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_aten = torch.ops.aten
+_EXPENSIVE_OPS = {
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
+    *(getattr(_aten, name).default for name in (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+        "_flash_attention_forward", "_efficient_attention_forward") if hasattr(_aten, name)),
+}  # fmt: skip
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
