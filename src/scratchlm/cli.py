@@ -321,12 +321,12 @@ def run_of(source: Path):
     (None, None) for any other directory."""
     from .run_dir import RunDir, checkpoint_step
 
-    if (source / "COMPLETE").is_file():  # ours (run_dir.py's layout)
-        return RunDir(source.parent.parent), checkpoint_step(source)
-    parent = RunDir(source.resolve().parent)
-    if source.resolve() == parent.export.resolve() and parent.plan_file.is_file():
-        return parent, None
-    return None, None
+    source = source.resolve()
+    if (source / "COMPLETE").is_file():  # ours (run_dir.py's layout), unless copied out of its run
+        run = RunDir(source.parent.parent)
+        return (run, checkpoint_step(source)) if run.plan_file.is_file() else (None, None)
+    run = RunDir(source.parent)
+    return (run, None) if source == run.export.resolve() and run.plan_file.is_file() else (None, None)
 
 
 def training_data(run) -> list[str]:
@@ -336,7 +336,7 @@ def training_data(run) -> list[str]:
         from .train.loop import data_description
 
         return data_description(data_dir)
-    return [f"as {run.config_file if run.config_file.is_file() else run.path} describes it"]
+    return [f"see {run.config_file if run.config_file.is_file() else run.path}"]
 
 
 def run_tokenizer_train(args) -> None:
