@@ -141,6 +141,15 @@ def test_a_model_directory_without_a_run_gets_a_card_from_its_config(small_model
     assert "trained on windows" not in card and not (tmp_path / "x" / "loss.png").exists()
 
 
+def test_a_checkpoint_copied_out_of_its_run_still_exports(plain_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "downloaded" / "step_00000008"
+    shutil.copytree(RunDir(plain_run).checkpoint(8), copy)
+    assert main(["export", str(copy), "--out", str(tmp_path / "x")]) == 0
+    assert "No training run is recorded" in (tmp_path / "x" / "README.md").read_text()
+
+
 def test_eval_bpb_measures_at_the_trained_length_and_agrees_with_the_run(plain_run, shards_dir, tmp_path, capsys):
     out = tmp_path / "step8"
     assert main(["export", str(RunDir(plain_run).checkpoint(8)), "--out", str(out)]) == 0
