@@ -1,5 +1,6 @@
 """BitNet b1.58: the quantizers on known tensors, straight-through gradients, checkpoints that load
-without scratchlm, the packed export, and the metrics a training run logs."""
+without scratchlm, the packed export, and the metrics a training run logs (a BitNet run itself, shared with
+its exports' tests, is in test_exports.py)."""
 
 import json
 import os
@@ -9,14 +10,13 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from helpers import SMALL_MODEL, launch, small_config, small_run
+from helpers import SMALL_MODEL, small_config
+from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
-from scratchlm.model.bitnet import bitlinears, load_packed, pack_ternary, save_packed, unpack_ternary
+from scratchlm.model.bitnet import bitlinears, bitnet_stats, clip_rate, load_packed, pack_ternary
 from scratchlm.model.files import load_model, save_model
-from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights
-from scratchlm.run_dir import RunDir
+from scratchlm.model.modeling_scratch import BitLinear, int8_activations, ternary_weights, unpack_ternary
 
 
 def bitnet_model(seed: int = 0) -> ScratchForCausalLM:
@@ -100,7 +100,8 @@ def test_packed_export_is_ternary_at_two_bits_and_gives_the_same_logits(tmp_path
     with torch.no_grad():  # trained-looking weights: not all the same size
         for layer in bitlinears(model).values():
             layer.weight.mul_(torch.rand_like(layer.weight) * 3)
-    sizes = save_packed(model, load_tokenizer(tokenizer_dir), tmp_path / "packed")
+    save_model(model, load_tokenizer(tokenizer_dir), tmp_path / "packed", format="bitnet-packed")
+    sizes = json.loads((tmp_path / "packed" / "bitnet_packed.json").read_text())
     loaded = load_packed(tmp_path / "packed")
     for name, layer in bitlinears(loaded).items():  # the same ternary values and scale, exactly
         ternary, scale = ternary_weights(layer.weight)
@@ -111,19 +112,47 @@ def test_packed_export_is_ternary_at_two_bits_and_gives_the_same_logits(tmp_path
     assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
     ternary_bytes = sizes["ternary_weights"] // 4
     assert sizes["packed_bytes"] < sizes["full_precision_bytes"] - 3 * ternary_bytes  # 32 bits -> 2 per weight
+    assert not (tmp_path / "packed" / "model.safetensors").exists()  # a loader without our code finds no weights
     again, _ = load_model(tmp_path / "packed")  # every command reads packed directories too
     assert torch.allclose(again(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_a_bitnet_run_logs_its_metrics_and_exports_packed(tmp_path, shards_dir):
-    config = small_run(tmp_path, shards_dir, export_format="bitnet-packed")
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**SMALL_MODEL, "bitnet": True}))
-    launch(tmp_path, "--config", str(config))
-    metrics = RunDir(tmp_path / "run").training_metrics()
-    assert metrics[-1]["loss"] < metrics[0]["loss"]
-    for m in metrics:
-        assert 0 < m["bitnet_zero_fraction"] < 1 and m["bitnet_weight_scale"] > 0
-        assert 0 < m["bitnet_act_clip_rate"] < 0.5
-    assert json.loads((tmp_path / "run" / "export" / "bitnet_packed.json").read_text())["packed_bytes"] > 0
-    model, _ = load_model(tmp_path / "run" / "export")
-    assert model.config.bitnet
+def test_a_packed_export_that_does_not_fit_its_config_is_refused(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+
+    save_model(bitnet_model(), load_tokenizer(tokenizer_dir), tmp_path / "packed", format="bitnet-packed")
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())
+    # Fewer key/value heads: only the k and v projections change shape, and nothing else would notice.
+    (tmp_path / "packed" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 1}))
+    with pytest.raises(ScratchError, match=r"k_proj.weight is not \(16, 64\) ternary weights"):
+        load_model(tmp_path / "packed")
+
+
+def test_bitnet_stats_are_the_zero_share_the_mean_scale_and_the_clip_rate():
+    model = bitnet_model()
+    layers = list(bitlinears(model).values())
+    with torch.no_grad():
+        for index, layer in enumerate(layers):  # |w| of 0.1 and 1.0 alternating: a third of them round to 0
+            pattern = torch.tensor([0.1, 1.0, -1.0] * (layer.weight.numel() // 3 + 1))[: layer.weight.numel()]
+            layer.weight.copy_(pattern.view_as(layer.weight) * (index + 1))
+    expected_zeros = sum(int((ternary_weights(m.weight)[0] == 0).sum()) for m in layers)
+    stats = bitnet_stats(model, torch.randint(0, 1000, (1, 16)))
+    assert stats["bitnet_zero_fraction"] == expected_zeros / sum(m.weight.numel() for m in layers)
+    assert 0.33 < stats["bitnet_zero_fraction"] < 0.34  # mean |w| is 0.7 x the layer's factor: 0.1 x it rounds to 0
+    assert stats["bitnet_weight_scale"] == pytest.approx(0.7 * (len(layers) + 1) / 2, rel=1e-3)
+    # One outlier per token puts one of its features at the end of the int8 range; ties put two there.
+    assert clip_rate(torch.tensor([[1.0, 0.5, 0.2, 0.1], [0.3, -2.0, 0.0, 1.0]])) == 0.25
+    assert clip_rate(torch.tensor([[1.0, -1.0, 0.5, 0.5]])) == 0.5
+
+
+def test_a_packed_export_loads_through_from_pretrained_s_own_arguments(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+
+    save_model(bitnet_model(), load_tokenizer(tokenizer_dir), tmp_path / "packed", format="bitnet-packed")
+    full = ScratchForCausalLM.from_pretrained(tmp_path / "packed")
+    half, info = ScratchForCausalLM.from_pretrained(tmp_path / "packed", dtype=torch.bfloat16, output_loading_info=True)
+    assert full.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    for name, layer in bitlinears(half).items():  # bf16 keeps the ternary values: they are exact in any dtype
+        assert torch.equal(ternary_weights(layer.weight.float())[0], ternary_weights(bitlinears(full)[name].weight)[0])
+    assert half.generation_config.eos_token_id == full.generation_config.eos_token_id != half.config.eos_token_id

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def test_model_init_with_tokenizer_and_export(tmp_path, capsys, tokenizer_dir):
     assert json.loads((tmp_path / "l" / "config.json").read_text())["model_type"] == "llama"
     code, out, _ = run(capsys, "generate", "--model", str(tmp_path / "l"), "--prompt", "The", "--max-new-tokens", "3")
     assert code == 0
+    card = (tmp_path / "l" / "README.md").read_text()  # no run behind it: what its config says, and how to load it
+    assert "No training run is recorded" in card and "trust_remote_code" not in card
 
 
 def bad_input_cases(tmp_path, small_model_dir, tokenizer_dir):
@@ -139,3 +142,66 @@ def test_python_dash_m_entry_point():
     assert result.stderr.strip() == (
         "error: unknown preset 'nope'; known presets: tiny, bitnet-95m, genesis-1b, gpuburnout-1b, h100-d20"
     )
+
+
+def test_help_shows_defaults_and_lists_the_presets(capsys):
+    from scratchlm.model.presets import PRESETS
+
+    def help_of(*argv) -> str:
+        with pytest.raises(SystemExit) as exit:
+            main([*argv, "--help"])
+        assert exit.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
+
+    generate, chat = help_of("generate"), help_of("chat")
+    assert "0 for greedy (default: 0.8)" in generate and "sampling seed (default: 0)" in generate
+    assert "0 for greedy (default: 0.7)" in chat and "(default: 50)" in chat and "(default: 0.95)" in chat
+    assert "(default: None)" not in generate + chat  # options without a default say nothing
+    for command in (("model", "info"), ("model", "init"), ("plan",)):
+        assert f"a named preset: {', '.join(PRESETS)}" in help_of(*command), command
+
+
+def test_model_init_needs_a_tokenizer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["model", "init", "--preset", "tiny", "--out", str(tmp_path / "m")])
+    assert exit.value.code == 2 and "the following arguments are required: --tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_report_says_a_run_is_unfinished_and_shows_wall_time_in_minutes(tmp_path, capsys):
+    from scratchlm.run_dir import RunDir
+
+    run = RunDir(tmp_path / "pretrain")
+    run.path.mkdir()
+    run.write_plan({"stage": "pretrain", "total_steps": 12, "params_total": 1000})
+    for step in range(1, 7):  # killed at step 6 of 12, after 38 minutes
+        run.append_metrics({"step": step, "loss": 5.0 - step / 10, "tokens": 128 * step, "elapsed_s": 380.0 * step})
+    assert main(["report", str(run.path), "--out", str(tmp_path)]) == 0
+    assert "note: pretrain is unfinished (step 6 of 12)" in capsys.readouterr().err
+    report = (tmp_path / "report.md").read_text()
+    assert "**pretrain is unfinished** (step 6 of 12)" in report and "| pretrain (unfinished) |" in report
+    assert "| 38.0 min |" in report and "e+03" not in report
+    stage = json.loads((tmp_path / "report.json").read_text())["stages"]["pretrain"]
+    assert stage["finished"] is False and stage["steps"] == 6 and stage["total_steps"] == 12
+    run.append_metrics({"step": 12, "loss": 4.0, "tokens": 128 * 12, "elapsed_s": 4600.0})  # finished: 1.28 h
+    assert main(["report", str(run.path), "--out", str(tmp_path)]) == 0
+    assert "unfinished" not in capsys.readouterr().err + (tmp_path / "report.md").read_text()
+    assert "| 1.28 h |" in (tmp_path / "report.md").read_text()
+
+
+def test_long_evaluations_show_progress_as_plain_lines_in_a_log(monkeypatch, capsys, small_model_dir, default_dir):
+    import itertools
+
+    import scratchlm.progress
+
+    clock = itertools.count(step=4.0)  # every look at the clock: 4 s later, so a 10 s interval passes every 3rd
+    monkeypatch.setattr(scratchlm.progress.time, "perf_counter", lambda: float(next(clock)))
+    probes = default_dir / "probes.jsonl"
+    assert len(probes.read_text().splitlines()) == 160
+    assert main(["eval", "probes", "--model", str(small_model_dir), "--data", str(probes)]) == 0
+    err = capsys.readouterr().err  # not a terminal here, as in a log file: no bar, no carriage returns
+    progress = err[err.index("eval probes: ") :]
+    lines = progress.splitlines()
+    assert "\r" not in progress and len(lines) >= 2
+    assert re.fullmatch(r"eval probes: \d+/160 probes \(\d+%\) in 0m\d\ds, about 0m\d\ds left", lines[0]), lines[0]
+    assert re.fullmatch(r"eval probes: 160/160 probes \(100%\) in 0m\d\ds", lines[-1]), lines[-1]

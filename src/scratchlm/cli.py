@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not sys.stderr.isatty():  # a log file: the libraries' bars (loading weights, downloads) are one endless
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # line there; read when they are imported
     try:
         if argv and argv[0] in POST_TRAINING:
             from .posttrain import run_stage
@@ -28,9 +31,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scratchlm", description=__doc__)
+    parser = Parser(prog="scratchlm", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    add_model_parsers(commands)
+    add_data_parsers(commands)
+    add_plan_parser(commands)
+    add_run_parsers(commands)
+    add_after_pretraining_parsers(commands)
+    add_generation_parsers(commands)
+    return parser
 
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in --help, unless its help says what the default is already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS  # not 0
+        if action.option_strings and not unset and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of every command (subcommands inherit the class): defaults shown, the presets listed."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if PRESETS in text:  # read only for --help: importing the model package takes seconds
+            from .model.presets import PRESETS as names
+
+            text = text.replace(PRESETS, ", ".join(names))
+        return text
+
+
+PRESETS = "<presets>"  # in help texts; Parser.format_help puts the names there
+
+
+def add_model_parsers(commands) -> None:
     model = commands.add_parser("model", help="model presets: parameter counts, random init")
     model_commands = model.add_subparsers(required=True, metavar="ACTION")
     info = model_commands.add_parser("info", help="parameters and FLOPs per token of a model")
@@ -41,16 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
     init = model_commands.add_parser("init", help="write a randomly initialised model directory")
     _add_model_choice(init)
     init.add_argument("--out", required=True, help="directory to write")
-    init.add_argument("--tokenizer", help="tokenizer directory to save with the model")
-    init.add_argument("--seed", type=int, default=0)
+    init.add_argument(
+        "--tokenizer",
+        required=True,
+        help="tokenizer directory saved with the model (every command reading it needs it)",
+    )
+    init.add_argument("--seed", type=int, default=0, help="initialisation seed")
     init.set_defaults(run=run_model_init)
 
     export = commands.add_parser("export", help="a model directory or training checkpoint as scratch or stock llama")
     export.add_argument("checkpoint", help="model directory or runs/<run>/checkpoints/step_XXXXXXXX")
-    export.add_argument("--out", required=True)
-    export.add_argument("--format", choices=["scratch", "llama", "bitnet-packed"], default="scratch")
+    export.add_argument("--out", required=True, help="directory to write (with a model card, README.md)")
+    export.add_argument(
+        "--format",
+        choices=["scratch", "llama", "bitnet-packed"],
+        default="scratch",
+        help="scratch: our code saved beside it (trust_remote_code=True); llama: no code needed (models without "
+        "custom options); bitnet-packed: 2 bits per BitNet weight",
+    )
     export.set_defaults(run=run_export)
 
+
+def add_data_parsers(commands) -> None:
     tokenizer = commands.add_parser("tokenizer", help="train byte-level BPE tokenizers")
     tokenizer_commands = tokenizer.add_subparsers(required=True, metavar="ACTION")
     train = tokenizer_commands.add_parser("train", help="train a tokenizer on text")
@@ -60,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="files, directories, globs, save_to_disk dirs, or Hub ids owner/name[:config][@split]",
     )
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--out", required=True)
+    train.add_argument("--vocab-size", type=int, required=True, help="tokens, special tokens included")
+    train.add_argument("--out", required=True, help="directory to write")
     train.add_argument("--text-column", default="text", help="column holding the text (jsonl/parquet)")
     train.add_argument("--max-chars", type=int, default=2_000_000_000, help="text to read, shared among inputs")
     train.set_defaults(run=run_tokenizer_train)
@@ -69,16 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="the embedded default dataset; token shards")
     data_commands = data.add_subparsers(required=True, metavar="ACTION")
     default = data_commands.add_parser("default", help="write the embedded default dataset (offline, seeded)")
-    default.add_argument("--out", required=True)
-    default.add_argument("--seed", type=int, default=0)
+    default.add_argument("--out", required=True, help="directory to write")
+    default.add_argument("--seed", type=int, default=0, help="seed of the synthetic world and its text")
     default.add_argument("--tokens", type=int, default=2_000_000, help="approximate size of the pretraining text")
     default.add_argument("--countries", type=int, default=16, help="size of the synthetic world (8 facts each)")
     default.set_defaults(run=run_data_default)
     prepare = data_commands.add_parser("prepare", help="tokenize sources into token shards")
     prepare.add_argument("--config", required=True, help="YAML: tokenizer, sources, val_fraction, num_proc")
-    prepare.add_argument("--out", required=True)
+    prepare.add_argument("--out", required=True, help="directory to write")
     prepare.set_defaults(run=run_data_prepare)
 
+
+def add_plan_parser(commands) -> None:
     plan = commands.add_parser(
         "plan", help="steps, tokens, time, cost and memory per GPU of a run before paying for it"
     )
@@ -86,25 +142,27 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument(
         "--recipe", help="a pretraining YAML (recipes/<run>/pretrain.yaml): its model, exact batch and horizon"
     )
-    choice.add_argument("--preset", help="a named preset (see `scratchlm model info --help`)")
+    choice.add_argument("--preset", help=f"a named preset: {PRESETS}")
     choice.add_argument("--config", help="YAML with ScratchConfig keys and an optional `preset:` (or a recipe)")
     gpus = [*GPUS, *GPU_ALIASES]
     plan.add_argument("--gpu", required=True, choices=gpus, metavar="GPU", help=", ".join(gpus))
     plan.add_argument("--num-gpus", type=int, default=1, help="processes; more than one: FSDP2-sharded")
     horizon = plan.add_mutually_exclusive_group()
-    horizon.add_argument("--steps", type=int, default=0)
-    horizon.add_argument("--tokens", type=float, default=0, help="e.g. 20e9")
-    horizon.add_argument("--ratio", type=float, default=0, help="tokens per parameter (Chinchilla: 20)")
-    horizon.add_argument("--flops", type=float, default=0, help="e.g. 1e20")
-    plan.add_argument("--tokens-per-step", type=int, default=0, help="default 524,288 (a recipe: its own)")
-    plan.add_argument("--micro-batch", type=int, default=0, help="per GPU; default: what makes tokens-per-step")
-    plan.add_argument("--seq-len", type=int, default=0, help="default: the model's context")
-    plan.add_argument("--tok-per-s", type=float, default=0, help="a measured throughput (default: peak x MFU)")
-    plan.add_argument("--mfu", type=float, default=0, help="assumed MFU (default per GPU, from the seeds)")
-    plan.add_argument("--usd-per-gpu-hour", type=float, default=0, help="default: a recipe's usd_per_gpu_hour")
-    plan.add_argument("--json", action="store_true")
+    horizon.add_argument("--steps", type=int, help="optimizer steps")
+    horizon.add_argument("--tokens", type=float, help="e.g. 20e9")
+    horizon.add_argument("--ratio", type=float, help="tokens per parameter (Chinchilla: 20)")
+    horizon.add_argument("--flops", type=float, help="e.g. 1e20")
+    plan.add_argument("--tokens-per-step", type=int, help="default 524,288 (a recipe: its own)")
+    plan.add_argument("--micro-batch", type=int, help="per GPU; default: what makes tokens-per-step")
+    plan.add_argument("--seq-len", type=int, help="default: the model's context")
+    plan.add_argument("--tok-per-s", type=float, help="a measured throughput (default: peak x MFU)")
+    plan.add_argument("--mfu", type=float, help="assumed MFU (default per GPU, from the seeds)")
+    plan.add_argument("--usd-per-gpu-hour", type=float, help="default: a recipe's usd_per_gpu_hour, else 0")
+    plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(run=run_plan)
 
+
+def add_run_parsers(commands) -> None:
     status = commands.add_parser("status", help="progress, ETA, last metrics and samples of a run")
     status.add_argument("run_dir")
     status.add_argument("--watch", type=float, nargs="?", const=10.0, help="refresh every N seconds (default 10)")
@@ -120,9 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     speedrun = commands.add_parser("speedrun", help="every stage of a recipe on the embedded default, resumable")
     speedrun.add_argument("--out", default=".", help="directory to run in (default: here, as the README's commands)")
-    speedrun.add_argument("--recipe", default="recipes/tiny")
+    speedrun.add_argument("--recipe", default="recipes/tiny", help="a recipe folder")
     speedrun.set_defaults(run=run_speedrun)
 
+
+def add_after_pretraining_parsers(commands) -> None:
+    """The Hub, post-training (TRL's, see main) and evaluation."""
     push = commands.add_parser("push", help="upload a model directory or checkpoint to the Hugging Face Hub")
     push.add_argument("folder")
     push.add_argument("--repo-id", required=True, help="owner/name (created if absent)")
@@ -140,26 +201,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a model directory")
     eval_commands = evaluate.add_subparsers(required=True, metavar="WHAT")
     chat = eval_commands.add_parser("chat", help="held-out chat QA accuracy and stop rate")
-    chat.add_argument("--model", required=True)
+    chat.add_argument("--model", required=True, help="model directory or training checkpoint")
     chat.add_argument("--data", required=True, help="jsonl of {messages, answer} (the default's chat/test.jsonl)")
-    chat.add_argument("--max-new-tokens", type=int, default=96)
+    chat.add_argument("--max-new-tokens", type=int, default=96, help="reply budget")
     chat.add_argument("--out", help="also write the result as JSON here")
     chat.set_defaults(run=run_eval_chat)
     preference = eval_commands.add_parser("preference", help="how often the chosen reply is the likelier one")
-    preference.add_argument("--model", required=True)
+    preference.add_argument("--model", required=True, help="model directory or training checkpoint")
     preference.add_argument("--data", required=True, help="jsonl of {prompt, chosen, rejected}")
     preference.add_argument("--reference", help="reference model for the DPO reward margin (e.g. the SFT model)")
-    preference.add_argument("--beta", type=float, default=0.1)
-    preference.add_argument("--out")
+    preference.add_argument("--beta", type=float, default=0.1, help="DPO beta of the reward margin")
+    preference.add_argument("--out", help="also write the result as JSON here")
     preference.set_defaults(run=run_eval_preference)
 
     bpb = eval_commands.add_parser("bpb", help="validation loss and bits per byte on prepared shards")
-    bpb.add_argument("--model", required=True)
+    bpb.add_argument("--model", required=True, help="model directory or training checkpoint")
     bpb.add_argument("--data", required=True, help="a shard directory from `scratchlm data prepare`")
-    bpb.add_argument("--seq-len", type=int, help="window length (default: the model's context)")
-    bpb.add_argument("--batch-size", type=int, default=8)
+    bpb.add_argument(
+        "--seq-len", type=int, help="window length (default: the length it was trained with, else its context)"
+    )
+    bpb.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     bpb.add_argument("--max-windows", type=int, default=64, help="per source")
-    bpb.add_argument("--out")
+    bpb.add_argument("--out", help="also write the result as JSON here")
     bpb.set_defaults(run=run_eval_bpb)
     core = eval_commands.add_parser("core", help="the DCLM CORE metric, computed as nanochat does")
     core.add_argument("--model", required=True, help="any Hugging Face causal LM directory")
@@ -171,28 +234,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=16,
         help="sequences per forward pass; 1: the plain computation, one whole sequence each",
     )
-    core.add_argument("--out")
+    core.add_argument("--out", help="also write the result as JSON here")
     core.set_defaults(run=run_eval_core)
     probes = eval_commands.add_parser("probes", help="share of probe prompts whose answer greedy decoding gives")
-    probes.add_argument("--model", required=True)
+    probes.add_argument("--model", required=True, help="model directory or training checkpoint")
     probes.add_argument("--data", required=True, help="jsonl of {prompt, answer} (the default's probes.jsonl)")
-    probes.add_argument("--out")
+    probes.add_argument("--out", help="also write the result as JSON here")
     probes.set_defaults(run=run_eval_probes)
 
+
+def add_generation_parsers(commands) -> None:
     generate = commands.add_parser("generate", help="continue a prompt with a model directory")
-    generate.add_argument("--model", required=True)
-    generate.add_argument("--prompt", required=True)
-    generate.add_argument("--max-new-tokens", type=int, default=40)
+    generate.add_argument("--model", required=True, help="model directory or training checkpoint")
+    generate.add_argument("--prompt", required=True, help="text to continue")
+    generate.add_argument("--max-new-tokens", type=int, default=40, help="tokens to add")
     generate.add_argument("--temperature", type=float, default=0.8, help="0 for greedy")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed")
     generate.set_defaults(run=run_generate)
-    talk = commands.add_parser("chat", help="talk to a chat model: streamed, multi-turn, /clear and /quit")
-    talk.add_argument("--model", required=True)
-    talk.add_argument("--max-new-tokens", type=int, default=128)
+    talk = commands.add_parser("chat", help="talk to a chat model: streamed, multi-turn, /help lists the commands")
+    talk.add_argument("--model", required=True, help="model directory or training checkpoint")
+    talk.add_argument("--max-new-tokens", type=int, default=128, help="reply budget")
     talk.add_argument("--temperature", type=float, default=0.7, help="0 for greedy")
-    talk.add_argument("--top-k", type=int, default=50)
-    talk.add_argument("--top-p", type=float, default=0.95)
-    talk.add_argument("--seed", type=int, default=0)
+    talk.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest tokens (0: all)")
+    talk.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (1.0: off)")
+    talk.add_argument("--seed", type=int, default=0, help="sampling seed")
     talk.set_defaults(run=run_chat)
     playground = commands.add_parser("playground", help="a local web page: one prompt, several checkpoints' outputs")
     playground.add_argument(
@@ -201,12 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     playground.add_argument("--port", type=int, default=7860, help="0 picks a free port")
     playground.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     playground.set_defaults(run=run_playground)
-    return parser
 
 
 def _add_model_choice(parser: argparse.ArgumentParser) -> None:
     choice = parser.add_mutually_exclusive_group(required=True)
-    choice.add_argument("--preset", help="a named preset (see `scratchlm model info --help`)")
+    choice.add_argument("--preset", help=f"a named preset: {PRESETS}")
     choice.add_argument("--config", help="YAML with ScratchConfig keys and an optional `preset:`")
 
 
@@ -237,10 +301,42 @@ def run_model_init(args) -> None:
 
 
 def run_export(args) -> None:
+    from .model.card import write_model_card, write_plain_model_card
     from .model.files import load_model_from, save_model
 
-    model, tokenizer = load_model_from(args.checkpoint)
-    print(f"wrote {save_model(model, tokenizer, args.out, args.format)} ({args.format})")
+    source = Path(args.checkpoint)
+    run, step = run_of(source)
+    model, tokenizer = load_model_from(source)
+    plan = run.read_plan() if run is not None else {}
+    if "seq_len" in plan and not getattr(model.config, "training_seq_len", None):
+        model.config.training_seq_len = plan["seq_len"]  # `eval bpb` measures at the length it was trained with
+    out = save_model(model, tokenizer, args.out, args.format)
+    card = write_model_card(run, training_data(run), out, step) if run is not None else write_plain_model_card(out)
+    print(f"wrote {out} ({args.format}) with its model card {card.name}")
+
+
+def run_of(source: Path):
+    """(the run a model directory comes from, the step) for its model card: a checkpoint
+    runs/<run>/<stage>/checkpoints/step_N is its parent's parent's, a run's export/ its parent's;
+    (None, None) for any other directory."""
+    from .run_dir import RunDir, checkpoint_step
+
+    source = source.resolve()
+    if (source / "COMPLETE").is_file():  # ours (run_dir.py's layout), unless copied out of its run
+        run = RunDir(source.parent.parent)
+        return (run, checkpoint_step(source)) if run.plan_file.is_file() else (None, None)
+    run = RunDir(source.parent)
+    return (run, None) if source == run.export.resolve() and run.plan_file.is_file() else (None, None)
+
+
+def training_data(run) -> list[str]:
+    """The card's data lines: the shards' sources, when the run's config names shards that are here."""
+    data_dir = read_yaml(run.config_file).get("data_dir") if run.config_file.is_file() else None
+    if data_dir and (Path(data_dir) / "manifest.json").is_file():
+        from .train.loop import data_description
+
+        return data_description(data_dir)
+    return [f"see {run.config_file if run.config_file.is_file() else run.path}"]
 
 
 def run_tokenizer_train(args) -> None:
@@ -293,43 +389,17 @@ def run_pull(args) -> None:
 
 
 def run_plan(args) -> None:
-    from dataclasses import replace
-
-    from .model.info import model_stats
-    from .train.memory import describe_estimate, estimate_memory, settings_that_fit, setup_for_run
-    from .train.plan import estimate_time_and_cost, gpu_profile, resolve_plan
+    from .train.plan import estimate_time_and_cost, gpu_profile
 
     recipe = args.recipe or (args.config if args.config and "output_dir" in read_yaml(args.config) else None)
     gpu = gpu_profile(args.gpu)
-    if recipe:
-        config, model_config = _recipe(recipe, args)
-        seq_len = config.seq_len or model_config.max_position_embeddings
-        stats = model_stats(model_config, seq_len)
-        plan = config.plan(stats, seq_len, args.num_gpus)
-        setup = setup_for_run(config, model_config, plan)
-        usd = args.usd_per_gpu_hour or config.usd_per_gpu_hour
-    else:
-        if not (args.steps or args.tokens or args.ratio or args.flops):
-            raise ScratchError("plan: give a horizon (--steps, --tokens, --ratio or --flops) or a --recipe")
-        model_config = _model_config(args)
-        seq_len = args.seq_len or model_config.max_position_embeddings
-        stats = model_stats(model_config, seq_len)
-        plan = resolve_plan(
-            stats,
-            seq_len,
-            args.micro_batch or 1,
-            args.num_gpus,
-            tokens_per_step=args.tokens_per_step or 524_288,
-            max_steps=args.steps,
-            max_tokens=int(args.tokens),
-            target_flops=args.flops,
-            tokens_per_param=args.ratio,
-        )
-        setup = None
-        usd = args.usd_per_gpu_hour
-    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s, usd, args.mfu)
+    plan, stats, setup, usd, by_tokens = _recipe_plan(recipe, args) if recipe else _horizon_plan(args)
+    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s or 0, usd, args.mfu or 0)
     result = {**plan.as_dict(), "params_matmul": stats["params_matmul"], **cost}
+    estimate = None
     if setup is not None:
+        from .train.memory import estimate_memory
+
         estimate = estimate_memory(setup)
         result["memory"] = {
             **estimate.terms,
@@ -345,7 +415,7 @@ def run_plan(args) -> None:
     print(f"parameters        {plan.params_total:>20,}")
     print(f"FLOPs/token       {plan.flops_per_token:>20,}")
     print(
-        f"tokens/step       {plan.tokens_per_step:>20,}  ({plan.micro_batch} x {seq_len} x {plan.accumulation} "
+        f"tokens/step       {plan.tokens_per_step:>20,}  ({plan.micro_batch} x {plan.seq_len} x {plan.accumulation} "
         f"accumulation x {args.num_gpus} GPUs)"
     )
     print(f"steps             {plan.steps:>20,}")
@@ -354,8 +424,52 @@ def run_plan(args) -> None:
     print(f"throughput        {cost['tok_per_s']:>20,} tok/s  ({cost['tok_per_s_from']})")
     print(f"wall time         {cost['hours']:>20,.1f} h  ({cost['hours'] / 24:.1f} days)")
     print(f"cost              {cost['cost_usd']:>20,.2f} USD  ({args.num_gpus} x ${usd}/GPU-hour)")
-    if setup is None:
-        return
+    if setup is not None:
+        _print_memory(setup, estimate, gpu, by_tokens)
+
+
+def _recipe_plan(recipe: str, args):
+    """(plan, model stats, memory setup, USD per GPU hour, batch given in tokens) of a pretraining recipe."""
+    from .model.info import model_stats
+    from .train.memory import setup_for_run
+
+    config, model_config = _recipe(recipe, args)
+    seq_len = config.seq_len or model_config.max_position_embeddings
+    stats = model_stats(model_config, seq_len)
+    plan = config.plan(stats, seq_len, args.num_gpus)
+    setup = setup_for_run(config, model_config, plan)
+    return plan, stats, setup, args.usd_per_gpu_hour or config.usd_per_gpu_hour, bool(config.tokens_per_step)
+
+
+def _horizon_plan(args):
+    """The same for a model (a preset or a model YAML) and a horizon given on the command line; no memory."""
+    from .model.info import model_stats
+    from .train.plan import resolve_plan
+
+    if not (args.steps or args.tokens or args.ratio or args.flops):
+        raise ScratchError("plan: give a horizon (--steps, --tokens, --ratio or --flops) or a --recipe")
+    model_config = _model_config(args)
+    seq_len = args.seq_len or model_config.max_position_embeddings
+    stats = model_stats(model_config, seq_len)
+    plan = resolve_plan(
+        stats,
+        seq_len,
+        args.micro_batch or 1,
+        args.num_gpus,
+        tokens_per_step=args.tokens_per_step or 524_288,
+        max_steps=args.steps or 0,
+        max_tokens=int(args.tokens or 0),
+        target_flops=args.flops or 0,
+        tokens_per_param=args.ratio or 0,
+    )
+    return plan, stats, None, args.usd_per_gpu_hour or 0, True
+
+
+def _print_memory(setup, estimate, gpu, by_tokens: bool) -> None:
+    from dataclasses import replace
+
+    from .train.memory import describe_estimate, estimate_memory, settings_that_fit
+
     how = [
         "FSDP2" if setup.sharded else "one GPU",
         "bf16" if setup.bf16 else "fp32",
@@ -364,7 +478,6 @@ def run_plan(args) -> None:
         f"{setup.attention}{' + document masking' if setup.document_masking else ''}",
     ]
     print(describe_estimate(estimate, gpu.memory_bytes, f" ({gpu.name}; {', '.join(how)})"))
-    by_tokens = bool(config.tokens_per_step)
     if estimate.device_peak > gpu.memory_bytes:
         advice = settings_that_fit(setup, gpu.memory_bytes, headroom=0.1, tokens_per_step=by_tokens)
         print("does NOT fit; same tokens per step, 10% headroom: " + (" or ".join(advice) or "no micro-batch fits"))
@@ -430,7 +543,12 @@ def run_plot(args) -> None:
 def run_report(args) -> None:
     from .report import build_report
 
-    print(f"wrote {build_report(args.run_dirs, args.out)}")
+    written = build_report(args.run_dirs, args.out)
+    print(f"wrote {written}")
+    stages = json.loads((written.parent / "report.json").read_text())["stages"]
+    for name, stage in stages.items():
+        if stage.get("finished") is False:
+            print(f"note: {name} is unfinished (step {stage['steps']:,} of {stage['total_steps']:,})", file=sys.stderr)
 
 
 def run_eval_chat(args) -> None:
@@ -438,7 +556,8 @@ def run_eval_chat(args) -> None:
     from .model.files import load_for_evaluation
 
     model, tokenizer = load_for_evaluation(args.model)
-    _report(chat_eval(model, tokenizer, read_rows(args.data, ("messages", "answer")), args.max_new_tokens), args.out)
+    rows = read_rows(args.data, ("messages", "answer"))
+    _report(chat_eval(model, tokenizer, rows, args.max_new_tokens, progress=True), args.out)
 
 
 def run_eval_preference(args) -> None:
@@ -448,7 +567,7 @@ def run_eval_preference(args) -> None:
     model, tokenizer = load_for_evaluation(args.model)
     reference = load_for_evaluation(args.reference, with_tokenizer=False)[0] if args.reference else None
     rows = read_rows(args.data, ("prompt", "chosen", "rejected"))
-    _report(preference_eval(model, tokenizer, rows, reference, args.beta), args.out)
+    _report(preference_eval(model, tokenizer, rows, reference, args.beta, progress=True), args.out)
 
 
 def run_eval_bpb(args) -> None:
@@ -458,9 +577,22 @@ def run_eval_bpb(args) -> None:
 
     model, tokenizer = load_for_evaluation(args.model)
     shards = TokenShards(args.data, tokenizer)
-    seq_len = args.seq_len or model.config.max_position_embeddings
+    seq_len, why = bpb_window(args.seq_len, model.config)
+    print(f"scratchlm: windows of {seq_len} tokens ({why})", file=sys.stderr)
     token_bytes = token_byte_lengths(tokenizer, model.config.vocab_size)
-    _report(evaluate_bpb(model, shards, token_bytes, seq_len, args.batch_size, args.max_windows), args.out)
+    result = evaluate_bpb(model, shards, token_bytes, seq_len, args.batch_size, args.max_windows, progress=True)
+    _report({**result, "seq_len": seq_len}, args.out)
+
+
+def bpb_window(given: int | None, config) -> tuple[int, str]:
+    """The window `eval bpb` measures with, and why: as given, else the length the model was trained with
+    (its export records it), else its context. A run's own val bpb uses its training length: so does this."""
+    trained = getattr(config, "training_seq_len", None)
+    if given:
+        return given, "--seq-len" + (f"; it was trained on {trained}" if trained and trained != given else "")
+    if trained:
+        return trained, "the length it was trained with; --seq-len to change"
+    return config.max_position_embeddings, "its context: it records no training length; --seq-len to change"
 
 
 def run_eval_core(args) -> None:
@@ -472,7 +604,7 @@ def run_eval_core(args) -> None:
     state = PartialState()  # under `accelerate launch`, the processes split the items
     tasks = load_bundle(args.bundle)
     model, tokenizer = load_for_evaluation(args.model, device=state.device)
-    result = evaluate_core(model, tokenizer, tasks, args.max_per_task, args.batch_size)
+    result = evaluate_core(model, tokenizer, tasks, args.max_per_task, args.batch_size, progress=state.is_main_process)
     if state.is_main_process:
         _report(result, args.out)
 
@@ -484,7 +616,7 @@ def run_eval_probes(args) -> None:
 
     rows = read_rows(args.data, ("prompt", "answer"))
     model, tokenizer = load_for_evaluation(args.model)
-    _report(probe_accuracy(model, tokenizer, rows), args.out)
+    _report(probe_accuracy(model, tokenizer, rows, progress=True), args.out)
 
 
 def _report(result: dict, out: str | None) -> None:

@@ -87,21 +87,26 @@ def parameters(export: Path) -> int | None:
     return total
 
 
-def run_summary(run_dir: Path) -> dict:
+def run_summary(run_dir: Path, until_step: int | None = None) -> dict:
+    """What the run measured; up to `until_step` only, for a checkpoint's model card (the evals/ results
+    were measured on the final model, so they are left out then)."""
     run = RunDir(run_dir)
     plan = run.read_plan()
-    metrics = run.metrics()
+    metrics = [m for m in run.metrics() if until_step is None or m["step"] <= until_step]
     train = [m for m in metrics if "loss" in m]
     if not train:
         raise ScratchError(f"{run_dir} has no training metrics yet (metrics.jsonl)")
     last = train[-1]
     params = parameters(run.export) or plan.get("params_total")
     tokens = last.get("tokens")
+    total_steps = plan.get("total_steps")
     summary = {
         "stage": plan.get("stage", "pretrain"),
         "hardware": plan.get("hardware"),
         "parameters": params,
         "steps": last["step"],
+        "total_steps": total_steps,
+        "finished": _finished(plan, last["step"]),
         "tokens": tokens,
         "tokens_per_parameter": tokens / params if tokens and params else None,
         "flops": tokens * plan["flops_per_token"] if tokens and plan.get("flops_per_token") else None,
@@ -111,10 +116,18 @@ def run_summary(run_dir: Path) -> dict:
         "mem_peak_gb": max((m["mem_peak_gb"] for m in train if m.get("mem_peak_gb")), default=None),
         "cost_usd": last.get("cost_usd") if _priced(run_dir) else None,
         "final_loss": last["loss"],
-        "evals": stage_evals(run_dir, metrics),
+        "evals": stage_evals(run_dir, metrics, with_results=until_step is None),
         "phases": phases(train, _priced(run_dir)),
     }
     return {key: value for key, value in summary.items() if value is not None}
+
+
+def _finished(plan: dict, last_step: int) -> bool | None:
+    """Whether the numbers are the run's result, or where it stopped (killed, stopped, still going). Our loop
+    logs its last step; TRL's stages write plan.json when they end, but log every logging_steps only."""
+    if plan.get("stage") in ("sft", "dpo"):
+        return True
+    return last_step >= plan["total_steps"] if plan.get("total_steps") else None
 
 
 def _priced(run_dir: Path) -> bool:
@@ -123,14 +136,14 @@ def _priced(run_dir: Path) -> bool:
     return config.is_file() and float((yaml.safe_load(config.read_text()) or {}).get("usd_per_gpu_hour") or 0) > 0
 
 
-def stage_evals(run_dir: Path, metrics: list[dict]) -> dict:
+def stage_evals(run_dir: Path, metrics: list[dict], with_results: bool = True) -> dict:
     """The last in-training evaluation, then every evals/*.json on top of it."""
     evals = {}
     last_eval = next((m for m in reversed(metrics) if "val_loss" in m), {})
     for key in ("val_loss", "val_bpb", "probe_accuracy", "core"):
         if key in last_eval:
             evals[key] = last_eval[key]
-    for result in RunDir(run_dir).eval_results().values():
+    for result in RunDir(run_dir).eval_results().values() if with_results else ():
         numbers = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         evals.update({k: v for k, v in numbers.items() if k != "n"})  # every eval's item count is "n"
     return evals
@@ -204,7 +217,9 @@ def fmt(value, kind: str = "") -> str:
     if kind == "pct":
         return f"{value:.1%}"
     if kind == "time":
-        return f"{value / 3600:.2f} h" if value >= 3600 else f"{value:.3g} s"
+        if value >= 3600:
+            return f"{value / 3600:.2f} h"
+        return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
     if kind == "usd":
         return f"${value:,.2f}"
     if kind == "sci":
@@ -225,14 +240,19 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict
     cost = [("hardware", ""), ("parameters", "int"), ("steps", "int"), ("tokens", "int"),
             ("tokens_per_parameter", ""), ("flops", "sci"), ("wall_s", "time"), ("tok_per_s", "int"),
             ("mfu", "pct"), ("mem_peak_gb", ""), ("cost_usd", "usd"), ("final_loss", "")]  # fmt: skip
+    for name, s in summaries.items():
+        if s.get("finished") is False:
+            where = f"step {s['steps']:,} of {s['total_steps']:,}"
+            lines += [f"**{name} is unfinished** ({where}): its numbers are where it stopped, not its result.", ""]
     lines += ["## What each stage cost", ""]
     lines += _table(
-        ["stage", *(k for k, _ in cost)], [[n, *(fmt(s.get(k), f) for k, f in cost)] for n, s in summaries.items()]
+        ["stage", *(k for k, _ in cost)],
+        [[_stage_name(n, s), *(fmt(s.get(k), f) for k, f in cost)] for n, s in summaries.items()],
     )
     lines += ["## Evaluations", ""]
     lines += _table(
         ["stage", *(h for _, h in EVAL_COLUMNS)],
-        [[n, *(fmt(s["evals"].get(k)) for k, _ in EVAL_COLUMNS)] for n, s in summaries.items()],
+        [[_stage_name(n, s), *(fmt(s["evals"].get(k)) for k, _ in EVAL_COLUMNS)] for n, s in summaries.items()],
     )
     lines += ["## Curves", ""] + [f"![{p}]({p})" for p in plots] + [""]
     for name, run in zip(summaries, runs, strict=True):
@@ -255,6 +275,10 @@ def markdown(runs: list[Path], summaries: dict, plots: list[str], pipeline: dict
                 "",
             ]
     return "\n".join(lines)
+
+
+def _stage_name(name: str, summary: dict) -> str:
+    return f"{name} (unfinished)" if summary.get("finished") is False else name
 
 
 def samples_section(run: Path, name: str, columns: int = 4) -> list[str]:

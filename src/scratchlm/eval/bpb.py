@@ -18,6 +18,7 @@ from ..data.loader import document_positions
 from ..data.shards import TokenShards
 from ..model import ScratchForCausalLM
 from ..model.loss import default_chunk_tokens
+from ..progress import Bar
 
 
 def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -63,13 +64,16 @@ def evaluate_bpb(
     document_masking: bool = True,
     rank: int = 0,
     world_size: int = 1,
+    progress: bool = False,
 ) -> dict:
+    """`progress`: show it on stderr (the `eval bpb` command; training has its own progress bar)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     results, weighted_loss, weighted_bpb = {}, 0.0, 0.0
-    for source in shards.sources:
-        count = min(max(0, (len(source.val) - 1) // seq_len), max_windows)
+    counts = [min(max(0, (len(source.val) - 1) // seq_len), max_windows) for source in shards.sources]
+    bar = Bar(sum(math.ceil(count / world_size) for count in counts), "eval bpb", "windows", enabled=progress)
+    for source, count in zip(shards.sources, counts, strict=True):
         per_rank = math.ceil(count / world_size)
         mine = [rank + world_size * i for i in range(per_rank)]  # the last may lie past the end: weight 0
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, tokens, nats of byte tokens, bytes
@@ -93,6 +97,7 @@ def evaluate_bpb(
                     (nbytes * weight).sum(),
                 ]
             )
+            bar.advance(len(chosen))
         if dist.is_initialized():
             dist.all_reduce(sums)
         nats, tokens, masked, nbytes = sums.tolist()
@@ -104,6 +109,7 @@ def evaluate_bpb(
             }
             weighted_loss += source.weight * results[source.name]["loss"]
             weighted_bpb += source.weight * results[source.name]["bpb"]
+    bar.close()
     model.train(was_training)
     total_weight = sum(s.weight for s in shards.sources if s.name in results)
     return {

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ScratchError
+from ..progress import Bar
 from ..tokenization import IM_END
 
 
@@ -39,15 +40,21 @@ def _require_template(tokenizer, where: str) -> None:
 
 @torch.no_grad()
 def chat_replies(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96, batch_size: int = 16
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 96,
+    batch_size: int = 16,
+    progress: bool = False,
 ) -> list[tuple[str, bool]]:
-    """(reply, whether the model ended its turn itself) for each conversation, greedy."""
+    """(reply, whether the model ended its turn itself) for each conversation, greedy; `progress` on stderr."""
     _require_template(tokenizer, "chat")
     model.eval()
     device = getattr(model, "device", torch.device("cpu"))  # a Hugging Face model's; a stand-in's CPU
     end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
     stop_ids = [tokenizer.eos_token_id, end_of_turn]
     replies = []
+    bar = Bar(len(conversations), "eval chat", "conversations", enabled=progress)
     for start in range(0, len(conversations), batch_size):
         prompts = [
             tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)
@@ -68,12 +75,14 @@ def chat_replies(
             end = next((i for i, t in enumerate(generated) if t in stop_ids), None)
             reply = tokenizer.decode(generated[:end], skip_special_tokens=True).strip()
             replies.append((reply, end is not None and generated[end] == end_of_turn))
+        bar.advance(len(prompts))
+    bar.close()
     return replies
 
 
-def chat_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 96) -> dict:
+def chat_eval(model, tokenizer, rows: list[dict], max_new_tokens: int = 96, progress: bool = False) -> dict:
     """Rows hold the whole conversation and `answer`; the model replaces the last assistant turn."""
-    replies = chat_replies(model, tokenizer, [r["messages"][:-1] for r in rows], max_new_tokens)
+    replies = chat_replies(model, tokenizer, [r["messages"][:-1] for r in rows], max_new_tokens, progress=progress)
     correct = [r["answer"].lower() in reply.lower() for r, (reply, _) in zip(rows, replies, strict=True)]
     examples = [
         {"question": r["messages"][-2]["content"], "reply": reply, "correct": hit}
@@ -103,10 +112,13 @@ def completion_logprobs(model, tokenizer, prompt: list[dict], reply: list[dict])
     return scores.gather(1, targets[:, None]).sum().item()
 
 
-def preference_eval(model, tokenizer, rows: list[dict], reference=None, beta: float = 0.1) -> dict:
+def preference_eval(
+    model, tokenizer, rows: list[dict], reference=None, beta: float = 0.1, progress: bool = False
+) -> dict:
     _require_template(tokenizer, "preference eval")
     model.eval()
     wins, margins, rewards = 0, [], []
+    bar = Bar(len(rows), "eval preference", "pairs", enabled=progress)
     for row in rows:
         chosen = completion_logprobs(model, tokenizer, row["prompt"], row["chosen"])
         rejected = completion_logprobs(model, tokenizer, row["prompt"], row["rejected"])
@@ -116,6 +128,8 @@ def preference_eval(model, tokenizer, rows: list[dict], reference=None, beta: fl
             ref_chosen = completion_logprobs(reference, tokenizer, row["prompt"], row["chosen"])
             ref_rejected = completion_logprobs(reference, tokenizer, row["prompt"], row["rejected"])
             rewards.append(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
+        bar.advance()
+    bar.close()
     result = {"preference_accuracy": wins / len(rows), "logprob_margin": sum(margins) / len(rows), "n": len(rows)}
     if rewards:
         result["reward_margin"] = sum(rewards) / len(rewards)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 import yaml
 
 from ..errors import ScratchError
+from ..progress import Bar
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 
@@ -279,16 +280,25 @@ def evaluate_task(model, tokenizer, task: Task, max_per_task: int | None, batch_
 
 
 def evaluate_core(
-    model, tokenizer, tasks: list[Task], max_per_task: int | None = None, batch_size: int = 16, split: bool = True
+    model,
+    tokenizer,
+    tasks: list[Task],
+    max_per_task: int | None = None,
+    batch_size: int = 16,
+    split: bool = True,
+    progress: bool = False,
 ) -> dict:
     """split=False: every process scores every item, as sharded (FSDP) models need: a process with
-    fewer forward passes than the others would leave their collectives waiting."""
+    fewer forward passes than the others would leave their collectives waiting. `progress`: by task."""
     was_training = model.training
     model.eval()
     results = {}
+    bar = Bar(len(tasks), "eval core", "tasks", enabled=progress)
     for task in tasks:
         accuracy = evaluate_task(model, tokenizer, task, max_per_task, batch_size, split)
         centered = (accuracy - task.baseline / 100) / (1 - task.baseline / 100)
         results[task.label] = {"accuracy": accuracy, "centered": centered}
+        bar.advance()
+    bar.close()
     model.train(was_training)
     return {"tasks": results, "core": sum(r["centered"] for r in results.values()) / len(results)}

@@ -5,14 +5,16 @@ decoding would produce, every answer token the most likely one given the prompt 
 import torch
 
 from ..errors import ScratchError
+from ..progress import Bar
 
 
 @torch.no_grad()
-def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> dict:
+def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32, progress: bool = False) -> dict:
     was_training = model.training
     model.eval()
     device = model.device
     correct, examples = [], []
+    bar = Bar(len(rows), "eval probes", "probes", enabled=progress)
     for first in range(0, len(rows), batch_size):
         batch = rows[first : first + batch_size]
         prompts = [tokenizer.encode(r["prompt"]) for r in batch]
@@ -28,5 +30,7 @@ def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> 
             if len(examples) < 5:
                 guess = tokenizer.decode(predicted[row, len(prompt) - 1 : len(full) - 1])
                 examples.append({"prompt": batch[row]["prompt"], "answer": batch[row]["answer"], "greedy": guess})
+        bar.advance(len(batch))
+    bar.close()
     model.train(was_training)
     return {"probe_accuracy": sum(correct) / len(rows), "n": len(rows), "examples": examples}

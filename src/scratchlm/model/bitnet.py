@@ -1,24 +1,24 @@
 """BitNet b1.58 around the model: the metrics a run logs, and the packed export (2 bits per weight).
 
 The layers themselves (BitLinear and its quantizers) live in modeling_scratch.py, so that a saved
-checkpoint runs anywhere with trust_remote_code. A packed directory holds every BitLinear weight as
-its ternary values, four to a byte, and its scale; everything else as saved. `load_packed` rebuilds
-full-precision weights whose quantization gives back exactly those values and scale, so the model
-computes the same logits as the one that was packed.
+checkpoint runs anywhere with trust_remote_code; so does the reading of packed weights, for the same
+reason. A packed directory holds every BitLinear weight as its ternary values, four to a byte, and its
+scale; everything else as saved; and the model code, config and generation config of any export.
+Loading rebuilds full-precision weights whose quantization gives back exactly those values and scale,
+so the model computes the same logits as the one that was packed.
 """
 
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from transformers.dynamic_module_utils import custom_object_save
 
 from ..errors import ScratchError
-from .configuration_scratch import ScratchConfig
-from .modeling_scratch import BitLinear, ScratchForCausalLM, int8_activations, ternary_weights
+from .modeling_scratch import PACKED_WEIGHTS, BitLinear, ScratchForCausalLM, int8_activations, ternary_weights
 
 PACKED_MARKER = "bitnet_packed.json"
-PACKED_WEIGHTS = "model.bitnet.safetensors"
 
 
 def bitlinears(model) -> dict[str, BitLinear]:
@@ -72,14 +72,10 @@ def pack_ternary(values: torch.Tensor) -> torch.Tensor:
     return codes[:, 0] | (codes[:, 1] << 2) | (codes[:, 2] << 4) | (codes[:, 3] << 6)
 
 
-def unpack_ternary(packed: torch.Tensor, count: int) -> torch.Tensor:
-    codes = torch.stack([(packed >> shift) & 3 for shift in (0, 2, 4, 6)], dim=1).flatten()[:count]
-    return codes.to(torch.int8) - 1
-
-
 @torch.no_grad()
-def save_packed(model: ScratchForCausalLM, tokenizer, out_dir: str | Path) -> dict:
-    """A packed export; returns the on-disk sizes next to the full-precision weights'."""
+def save_packed(model: ScratchForCausalLM, out_dir: str | Path) -> dict:
+    """The weights packed, with the config, the model code and the generation config (save_model writes
+    the tokenizer); returns the on-disk sizes next to the full-precision weights'."""
     layers = bitlinears(model)
     if not layers:
         raise ScratchError("--format bitnet-packed needs a BitNet model (bitnet: true in its config)")
@@ -95,10 +91,10 @@ def save_packed(model: ScratchForCausalLM, tokenizer, out_dir: str | Path) -> di
     for key, value in model.state_dict().items():
         if key not in packed | tied:
             tensors[key] = value.contiguous()
-    save_file(tensors, str(out / PACKED_WEIGHTS))
+    save_file(tensors, str(out / PACKED_WEIGHTS), metadata={"format": "pt"})
+    custom_object_save(model, out, config=model.config)  # what save_pretrained does: the code, and auto_map
     model.config.save_pretrained(str(out))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(out))
+    model.generation_config.save_pretrained(str(out))
     ternary = sum(layer.weight.numel() for layer in layers.values())
     sizes = {
         "packed_bytes": (out / PACKED_WEIGHTS).stat().st_size,
@@ -115,23 +111,9 @@ def is_packed(model_dir: str | Path) -> bool:
     return (Path(model_dir) / PACKED_MARKER).is_file()
 
 
-@torch.no_grad()
 def load_packed(model_dir: str | Path) -> ScratchForCausalLM:
-    model_dir = Path(model_dir)
-    config = ScratchConfig.from_pretrained(str(model_dir))
-    model = ScratchForCausalLM(config)
-    tensors = load_file(str(model_dir / PACKED_WEIGHTS))
-    state = {key: value for key, value in tensors.items() if not key.endswith((".weight.ternary", ".weight.scale"))}
-    for name, layer in bitlinears(model).items():
-        ternary = unpack_ternary(tensors.pop(f"{name}.weight.ternary"), layer.weight.numel())
-        ternary = ternary.view_as(layer.weight).float()
-        scale = tensors.pop(f"{name}.weight.scale")[0]
-        # Every nonzero weight at scale / (share of nonzeros): their mean |w| is then the scale again and
-        # w / scale rounds back to the same ternary value, so the quantizer reproduces both exactly.
-        nonzero = (ternary != 0).float().mean().clamp(min=1 / ternary.numel())
-        state[f"{name}.weight"] = ternary * (scale / nonzero)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise ScratchError(f"{model_dir}/{PACKED_WEIGHTS} does not fit its config: {missing or unexpected}")
-    model.tie_weights()
-    return model.eval()
+    """The same call as a process without scratchlm makes (the unpacking is in the model's code)."""
+    try:
+        return ScratchForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+    except ValueError as err:
+        raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None

@@ -116,15 +116,15 @@ def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -
     if format == "llama":
         model = as_stock_llama(model)
     out_dir = Path(out_dir)
-    if format == "bitnet-packed":
-        sizes = save_packed(model, tokenizer, out_dir)
-        packed, full = sizes["packed_bytes"] / 1e6, sizes["full_precision_bytes"] / 1e6
-        print(f"bitnet-packed: {packed:.2f} MB on disk against {full:.2f} MB of full-precision weights")
-        return out_dir
     if tokenizer is not None:
         model.generation_config = generation_config(tokenizer)
         tokenizer.model_max_length = model.config.max_position_embeddings
         tokenizer.save_pretrained(str(out_dir))
+    if format == "bitnet-packed":
+        sizes = save_packed(model, out_dir)
+        packed, full = sizes["packed_bytes"] / 1e6, sizes["full_precision_bytes"] / 1e6
+        print(f"bitnet-packed: {packed:.2f} MB on disk against {full:.2f} MB of full-precision weights")
+        return out_dir
     model.save_pretrained(str(out_dir))
     return out_dir
 
@@ -138,7 +138,7 @@ def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
             f"cannot export as llama: the model uses {', '.join(problems)}, which stock Llama lacks; "
             "export with --format scratch (loads with trust_remote_code=True)"
         )
-    llama_keys = set(LlamaConfig.__dataclass_fields__)
+    llama_keys = set(LlamaConfig.__dataclass_fields__) | {"training_seq_len"}  # an extra key: `eval bpb` reads it
     values = {k: v for k, v in config.to_dict().items() if k in llama_keys}
     llama_config = LlamaConfig(**values)
     with torch.device("meta"):

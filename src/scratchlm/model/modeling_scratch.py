@@ -1,17 +1,30 @@
 """ScratchForCausalLM: transformers' Llama (RMSNorm, RoPE, GQA, SwiGLU) plus ScratchConfig's options.
 
 This file is copied into every saved checkpoint (trust_remote_code), so it imports only torch,
-transformers and its sibling configuration file. Parameter names are exactly Llama's, which is what
-lets a model without custom options export as a stock `llama` checkpoint with the same weights.
+transformers (and safetensors, one of its dependencies) and its sibling configuration file. Parameter
+names are exactly Llama's, which is what lets a model without custom options export as a stock `llama`
+checkpoint with the same weights. It also reads `bitnet-packed` exports (2-bit weights): a process that
+never imported scratchlm loads one with `from_pretrained(dir, trust_remote_code=True)` like any other.
 """
+
+import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
-from transformers import LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel
+from transformers import GenerationConfig, LlamaForCausalLM, LlamaModel, LlamaPreTrainedModel, PreTrainedConfig
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+from transformers.utils import cached_file
 
 from .configuration_scratch import ScratchConfig
+
+# A bitnet-packed export holds this file instead of model.safetensors: every BitLinear weight as its
+# ternary values, four to a byte (`NAME.weight.ternary`), and its scale (`NAME.weight.scale`); every
+# other tensor as saved. A loader that does not know the format finds no weights, rather than wrong ones.
+PACKED_WEIGHTS = "model.bitnet.safetensors"
+DOWNLOAD_ARGUMENTS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 class SoftCappedLinear(nn.Linear):
@@ -56,9 +69,65 @@ class BitLinear(nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
+def unpack_ternary(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """Codes {0, 1, 2}, four per byte (the first in the low bits) -> the first `count` values {-1, 0, +1}."""
+    codes = torch.stack([(packed >> shift) & 3 for shift in (0, 2, 4, 6)], dim=1).flatten()[:count]
+    return codes.to(torch.int8) - 1
+
+
+def weight_from_ternary(ternary: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A full-precision weight that `ternary_weights` quantizes back to exactly `ternary` and `scale`: every
+    nonzero at scale / (share of nonzeros), so their mean |w| is the scale again and w / scale rounds (and
+    clamps) back to the same sign; zeros stay zero."""
+    ternary = ternary.float()
+    nonzero = (ternary != 0).float().mean().clamp(min=1 / ternary.numel())
+    return ternary * (scale / nonzero)
+
+
 class ScratchForCausalLM(LlamaForCausalLM):
     config_class = ScratchConfig
     config: ScratchConfig
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """transformers' from_pretrained; a bitnet-packed export (PACKED_WEIGHTS) is unpacked first and
+        then loaded through the same call, so dtype, device_map and attn_implementation mean what they
+        always do."""
+        packed = _packed_weights(pretrained_model_name_or_path, kwargs)
+        if packed is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        download = {key: kwargs.pop(key) for key in DOWNLOAD_ARGUMENTS if key in kwargs}
+        kwargs.pop("_commit_hash", None)
+        config = kwargs.pop("config", None)
+        if not isinstance(config, PreTrainedConfig):
+            config = cls.config_class.from_pretrained(config or pretrained_model_name_or_path, **download)
+        state = cls._unpacked_state(packed, config)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            None, *model_args, config=config, state_dict=state, output_loading_info=True, **kwargs
+        )
+        if info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]:  # never a random weight
+            found = sorted(info["missing_keys"] or info["unexpected_keys"]) or info["mismatched_keys"]
+            raise ValueError(f"{packed} does not fit its config: {found[:3]}")
+        model.name_or_path = model.config.name_or_path = str(pretrained_model_name_or_path)
+        with contextlib.suppress(OSError):  # packed before exports carried one: keep the config's default
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **download)
+        return (model, info) if wants_info else model
+
+    @classmethod
+    def _unpacked_state(cls, packed: str, config: ScratchConfig) -> dict[str, torch.Tensor]:
+        tensors = load_file(packed)
+        with torch.device("meta"):  # the shapes of the BitLinear weights, for free
+            skeleton = cls(config)
+        shapes = {f"{name}.weight": m.weight.shape for name, m in skeleton.named_modules() if isinstance(m, BitLinear)}
+        state = {key: value for key, value in tensors.items() if not key.endswith((".ternary", ".scale"))}
+        for key, shape in shapes.items():
+            codes = tensors.get(f"{key}.ternary")
+            if codes is None or codes.numel() != (shape.numel() + 3) // 4:  # four weights a byte
+                raise ValueError(f"{packed} does not fit its config: {key} is not {tuple(shape)} ternary weights")
+            ternary = unpack_ternary(codes, shape.numel()).view(shape)
+            state[key] = weight_from_ternary(ternary, tensors[f"{key}.scale"][0])
+        return state
 
     def __init__(self, config: ScratchConfig):
         # LlamaForCausalLM.__init__ with our choice of head; skipping it avoids initialising twice.
@@ -95,4 +164,24 @@ class ScratchForCausalLM(LlamaForCausalLM):
                         setattr(block, name, BitLinear(old.in_features, old.out_features, old.bias is not None, eps))
 
 
-__all__ = ["BitLinear", "ScratchForCausalLM", "int8_activations", "ternary_weights"]
+def _packed_weights(name_or_path, kwargs: dict) -> str | None:
+    """The packed weights file of a local directory or Hub repository, None when it has none."""
+    if name_or_path is None:  # from_pretrained(None, state_dict=...): nothing to look for
+        return None
+    download = {key: kwargs[key] for key in DOWNLOAD_ARGUMENTS if key in kwargs}
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, download.get("subfolder") or "", PACKED_WEIGHTS)
+        return path if os.path.isfile(path) else None
+    try:
+        return cached_file(
+            name_or_path,
+            PACKED_WEIGHTS,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **download,
+        )
+    except OSError:  # not a repository we can reach: from_pretrained itself says why
+        return None
+
+
+__all__ = ["BitLinear", "ScratchForCausalLM", "int8_activations", "ternary_weights", "unpack_ternary"]
