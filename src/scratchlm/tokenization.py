@@ -68,7 +68,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte can be encoded
-        show_progress=True,
+        show_progress=sys.stderr.isatty(),  # its bar redraws with carriage returns: one endless line in a log
     )
     counted = _CountingIterator(texts)
     start = time.perf_counter()
@@ -124,7 +124,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise ScratchError(f"{path} is not a tokenizer directory (no tokenizer.json)")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # trust_remote_code=False: an export's config names our model code, which a tokenizer never needs
+    # (and without the flag transformers asks whether to run it).
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     # from_pretrained notes how it found the files (`is_local`, and `local_files_only: true` under
     # HF_HUB_OFFLINE) among the init arguments, and save_pretrained would write them into every
     # tokenizer_config.json we export: flags about our machine, not about the tokenizer.

@@ -25,10 +25,10 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import from_mapping
 from ..errors import ScratchError
+from ..progress import Bar
 from ..tokenization import load_tokenizer, tokenizer_hash
 from .shards import MANIFEST_VERSION
 from .sources import Source, check_disjoint
@@ -159,7 +159,7 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
     counts = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
     batches = _batches(not_in(others, source.values(), source), config.batch_documents)
     jobs = ((source, batch) for batch in batches)
-    bar = tqdm(desc=f"prepare {source.name}", unit=" docs", disable=not progress, total=source.max_documents)
+    bar = Bar(source.max_documents, f"prepare {source.name}", "docs", enabled=progress)
     with bar, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
         index = 0
         for docs in pool.imap(_encode_batch, jobs):
@@ -170,8 +170,8 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
                 counts[split]["documents"] += 1
                 counts[split]["tokens"] += len(ids)
                 counts[split]["bytes"] += n_bytes
-            bar.update(len(docs))
-            bar.set_postfix(tokens=f"{counts['train']['tokens'] + counts['val']['tokens']:,}", refresh=False)
+            bar.advance(len(docs))
+            bar.fields["tokens"] = f"{counts['train']['tokens'] + counts['val']['tokens']:,}"
     return counts
 
 

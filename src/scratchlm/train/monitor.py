@@ -7,13 +7,12 @@ tokens), and wandb's key is read by wandb itself from the environment or its log
 import os
 import resource
 import secrets
-import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
+from ..progress import Bar
 from ..run_dir import RunDir
 
 
@@ -136,20 +135,12 @@ class SpikeDetector:
         return spike
 
 
-class Progress:
-    """A progress bar on a terminal; in a log file (nohup, a cluster job) a plain line every 30 s instead,
-    since a bar's carriage returns make one endless line there."""
-
-    LOG_INTERVAL_S = 30
+class Progress(Bar):
+    """Training steps: a bar with the run's latest metrics on a terminal, a plain line every 30 s in a log
+    file (progress.py), and messages (evaluations, warnings) on stdout."""
 
     def __init__(self, enabled: bool, total: int, initial: int):
-        self.enabled, self.total, self.step = enabled, total, initial
-        self.tty = sys.stderr.isatty()
-        self.bar = tqdm(
-            total=total, initial=initial, disable=not (enabled and self.tty), unit="step", dynamic_ncols=True
-        )
-        self.fields: dict = {}
-        self._last_line = time.perf_counter()
+        super().__init__(total, "train", "steps", enabled, interval_s=30, initial=initial)
 
     def update(self, record: dict) -> None:
         self.fields = {
@@ -160,29 +151,11 @@ class Progress:
             "tok/s": f"{record['tok_per_s']:,.0f}",
             **({"mfu": f"{record['mfu']:.1%}"} if record.get("mfu") is not None else {}),
             "phase": record["schedule_phase"],
-            "eta": duration(record["eta_s"]),
         }
-        self.bar.set_postfix({k: v for k, v in self.fields.items() if k != "eta"}, refresh=False)
-
-    def advance(self) -> None:
-        self.step += 1
-        self.bar.update(1)
-        if self.enabled and not self.tty and time.perf_counter() - self._last_line >= self.LOG_INTERVAL_S:
-            self._last_line = time.perf_counter()
-            self.write(f"step {self.step:,}/{self.total:,} " + " ".join(f"{k} {v}" for k, v in self.fields.items()))
 
     def write(self, message: str) -> None:
         if self.enabled:
             self.bar.write(message)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 @torch.no_grad()

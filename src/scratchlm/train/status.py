@@ -2,8 +2,8 @@
 
 import time
 
+from ..progress import duration
 from ..run_dir import RunDir
-from .monitor import duration
 
 
 def summarize(run_dir) -> str:
