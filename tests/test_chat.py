@@ -150,3 +150,16 @@ def test_a_model_without_a_chat_template_is_refused(tmp_path, small_model_dir):
     (tmp_path / "model" / "chat_template.jinja").unlink(missing_ok=True)
     result = chat(tmp_path / "model", "hello\n")
     assert result.returncode == 2 and "has no chat template" in result.stderr
+
+
+def test_a_model_with_no_chat_training_is_named_as_such(tmp_path, small_model_dir):
+    import json
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(small_model_dir, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "training_stage": "pretrain"}))  # as the loop exports it
+    result = chat(base, "hello\n/quit\n", "--temperature", "0", "--max-new-tokens", "4")
+    assert result.returncode == 0 and "this model has had no chat training" in result.stderr
+    assert "no chat training" not in chat(small_model_dir, "hello\n/quit\n", "--max-new-tokens", "4").stderr

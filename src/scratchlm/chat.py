@@ -27,6 +27,9 @@ Ctrl-C while the model replies stops the reply; the conversation goes on."""
 def chat(model, tokenizer, sampling: dict, max_new_tokens: int) -> None:
     if not tokenizer.chat_template:
         raise ScratchError("this model's tokenizer has no chat template: use `scratchlm generate` for plain text")
+    if getattr(model.config, "training_stage", None) == "pretrain":
+        print("scratchlm: this model has had no chat training (its last stage was pretraining): expect it to "
+              "continue text rather than answer; midtraining or SFT teaches it the turns", file=sys.stderr)  # fmt: skip
     interactive = sys.stdin.isatty()
     if interactive:
         import readline  # noqa: F401 - imported for its effect: input() edits lines instead of passing escape codes on

@@ -148,6 +148,7 @@ def finish(t: Training) -> None:
     uploader = t.checkpointer.uploader
     if t.state.done:
         t.model_config.training_seq_len = t.plan.seq_len  # what `eval bpb` measures at by default
+        t.model_config.training_stage = t.config.stage  # `chat` warns about a model with no chat training
         export_model(t.raw_model, t.model_config, t.tokenizer, t.run.export, t.config.export_format, t.world.main)
         if t.world.main:
             write_model_card(t.run, data_description(t.config.data_dir))
