@@ -6,7 +6,8 @@
     DIR/preference/{train,test}.jsonl      DPO pairs ({"prompt", "chosen", "rejected"}, conversational)
     DIR/probes.jsonl                       {"prompt": "The capital of Veloria is", "answer": " Tamsin"}
     DIR/core/                              a CORE bundle: core.yaml, eval_meta_data.csv, eval_data/
-    DIR/lm_eval/scratchlm_probes.yaml      the probes as an lm-evaluation-harness task (--include_path DIR/lm_eval)
+    DIR/lm_eval/scratchlm_probes.yaml      the probes as an lm-evaluation-harness task (--include_path DIR/lm_eval),
+    DIR/lm_eval/scratchlm_probes_data.py   with the loader that finds probes.jsonl relative to itself
 
 Facts asked about anywhere appear in pretraining text; the evaluation items themselves never do:
 probes and CORE use phrasings of their own, chat test questions ask about facts no training
@@ -15,6 +16,7 @@ conversation asks about, and arithmetic evaluation uses pairs of numbers trainin
 
 import csv
 import json
+import os
 import random
 from functools import partial
 from pathlib import Path
@@ -74,12 +76,14 @@ def write_default(out_dir: str | Path, seed: int = 0, tokens: int = 2_000_000, c
 
 def write_lm_eval_task(out: Path, probes: Path) -> None:
     """The probes for lm-evaluation-harness: its `acc` for a loglikelihood task is "every answer token
-    is the greedy one", what `scratchlm eval probes` measures. The data path is absolute: lm-eval
-    resolves relative ones against the working directory, not the YAML."""
+    is the greedy one", what `scratchlm eval probes` measures.
+
+    lm-eval resolves a task's `data_files` against the working directory, not the YAML, so a path
+    written there either breaks when the folder moves or (absolute) silently reads the original.
+    What lm-eval does resolve next to the YAML is `!function` code: a small loader there finds the
+    probes relative to its own file, so a copied or moved folder reads its own copy."""
     task = {
         "task": "scratchlm_probes",
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(probes.resolve())}},
         "test_split": "test",
         "output_type": "loglikelihood",
         "doc_to_text": "{{prompt}}",
@@ -87,7 +91,24 @@ def write_lm_eval_task(out: Path, probes: Path) -> None:
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scratchlm_probes.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
+    relative = Path(os.path.relpath(probes.resolve(), out.resolve())).as_posix()
+    (out / "scratchlm_probes_data.py").write_text(LM_EVAL_LOADER.format(relative=relative))
+    (out / "scratchlm_probes.yaml").write_text(
+        yaml.safe_dump(task, sort_keys=False) + "custom_dataset: !function scratchlm_probes_data.load_probes\n"
+    )
+
+
+LM_EVAL_LOADER = '''"""The data of scratchlm_probes.yaml, found relative to this file (by `scratchlm data default`)."""
+
+from pathlib import Path
+
+import datasets
+
+
+def load_probes(**kwargs):
+    probes = Path(__file__).resolve().parent / "{relative}"
+    return datasets.load_dataset("json", data_files={{"test": str(probes)}})
+'''
 
 
 def generate_until(make, chars: int) -> list[str]:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..config import from_mapping
 from ..errors import ScratchError
 from ..tokenization import load_tokenizer, tokenizer_hash
-from .sources import Source, check_conversation
+from .sources import Source, check_disjoint
 
 MANIFEST_VERSION = 1
 
@@ -67,6 +67,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -> dict:
     out = Path(out_dir)
+    if not any((Path(config.tokenizer) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise ScratchError(
+            f"tokenizer {config.tokenizer} does not exist: train it first (scratchlm tokenizer train --input "
+            "<text> --vocab-size N --out DIR), or let the pretraining recipe train it on this config's text "
+            "sources by setting tokenizer_vocab_size"
+        )
     tokenizer = load_tokenizer(config.tokenizer)
     identity = _identity(config, tokenizer_hash(tokenizer))
     if (out / "manifest.json").is_file():
@@ -79,8 +85,11 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
         )
     if out.exists():
         raise ScratchError(f"{out} exists but holds no manifest.json; prepare into another directory")
-    for source in config.sources:  # every source fails now, not after hours on the first ones
+    check_disjoint(config.sources)  # every source fails now, not after hours on the first ones
+    for source in config.sources:
         source.check()
+        if source.max_documents and config.val_every > source.max_documents:
+            raise _no_validation(source, source.max_documents, config)
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -88,18 +97,11 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     tokenizer.save_pretrained(str(partial / "tokenizer"))
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
-    total_weight = sum(s.weight for s in config.sources)
-    sources = []
-    processes = config.num_proc or os.cpu_count() or 1
-    workers = (
-        Pool(processes, _init_worker, (config.tokenizer, False)) if processes > 1 else _InProcess(config.tokenizer)
-    )
-    with workers as pool:
-        for source in config.sources:
-            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress)
-            if counts["train"]["tokens"] == 0:
-                raise ScratchError(f"source '{source.name}' gave no training tokens")
-            sources.append({**asdict(source), "weight": source.weight / total_weight, **counts})
+    try:
+        sources = _prepare_sources(config, partial, dtype, progress)
+    except ScratchError:  # a bad row or a source too small: nothing half-made is left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     seconds = time.perf_counter() - start
     manifest = {
         "version": MANIFEST_VERSION,
@@ -118,6 +120,33 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     return manifest
 
 
+def _prepare_sources(config: PrepareConfig, partial: Path, dtype, progress: bool) -> list[dict]:
+    total_weight = sum(s.weight for s in config.sources)
+    sources = []
+    processes = config.num_proc or os.cpu_count() or 1
+    workers = (
+        Pool(processes, _init_worker, (config.tokenizer, False)) if processes > 1 else _InProcess(config.tokenizer)
+    )
+    with workers as pool:
+        for source in config.sources:
+            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress)
+            if counts["train"]["tokens"] == 0:
+                raise ScratchError(f"source '{source.name}' gave no training tokens")
+            if config.val_every and counts["val"]["documents"] == 0:
+                raise _no_validation(source, counts["train"]["documents"], config)
+            sources.append({**asdict(source), "weight": source.weight / total_weight, **counts})
+    return sources
+
+
+def _no_validation(source: Source, documents: int, config: PrepareConfig) -> ScratchError:
+    """Validation of a source with no held-out document would report nan; say so while it is cheap."""
+    return ScratchError(
+        f"source '{source.name}' has {documents} documents, too few for a validation split: val_fraction "
+        f"{config.val_fraction} holds out every {config.val_every}th document; raise val_fraction to at least "
+        f"1/{documents}, or set it to 0 to hold out nothing"
+    )
+
+
 def _identity(config: PrepareConfig, tok_hash: str) -> dict:
     """What decides the shards' contents: sources, split and tokenizer (not process counts)."""
     spec = {"sources": [asdict(s) for s in config.sources], "val_every": config.val_every, "tokenizer": tok_hash}
@@ -130,7 +159,7 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
     batches = _batches(source.values(), config.batch_documents)
     jobs = ((source, batch) for batch in batches)
     bar = tqdm(desc=f"prepare {source.name}", unit=" docs", disable=not progress, total=source.max_documents)
-    with open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
+    with bar, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
         index = 0
         for docs in pool.imap(_encode_batch, jobs):
             for ids, n_bytes in docs:
@@ -142,7 +171,6 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
                 counts[split]["bytes"] += n_bytes
             bar.update(len(docs))
             bar.set_postfix(tokens=f"{counts['train']['tokens'] + counts['val']['tokens']:,}", refresh=False)
-    bar.close()
     return counts
 
 
@@ -166,11 +194,9 @@ def _init_worker(tokenizer_dir: str, threads: bool) -> None:
 
 def _encode_batch(job) -> list[tuple[list[int], int]]:
     """[(ids with BOS ... EOS, UTF-8 bytes of the text)] for one batch of documents."""
-    source, values = job
+    source, values = job  # chat rows were checked as they were read (Source.values)
     backend = _tokenizer.backend_tokenizer
     if source.format == "chat":
-        for messages in values:
-            check_conversation(messages, source)
         texts = [_tokenizer.apply_chat_template(messages, tokenize=False) for messages in values]
         backend.encode_special_tokens = False  # the template's own special tokens must be parsed
         encodings = backend.encode_batch_fast(texts, add_special_tokens=False)  # the template adds BOS
