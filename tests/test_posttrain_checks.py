@@ -33,10 +33,11 @@ def gpu_recipe(tmp_path: Path, name: str, model: Path, **overrides) -> Path:
     values = yaml.safe_load((REPO / "recipes" / "h100-d20" / f"{name}.yaml").read_text())
     del values["accelerate_config"]
     tmp_path.mkdir(parents=True, exist_ok=True)
-    values.update(model_name_or_path=str(model), output_dir=str(tmp_path / name), num_processes=1, bf16=False,
-                  dtype="float32",
-                  gradient_checkpointing=False, report_to="none", max_steps=1, save_steps=1, max_length=64,
-                  per_device_train_batch_size=2, gradient_accumulation_steps=1, **overrides)  # fmt: skip
+    short = {"model_name_or_path": str(model), "output_dir": str(tmp_path / name), "num_processes": 1,
+             "bf16": False, "dtype": "float32", "gradient_checkpointing": False, "report_to": "none", "max_steps": 1,
+             "save_steps": 1, "logging_steps": 1, "max_length": 64, "per_device_train_batch_size": 2,
+             "gradient_accumulation_steps": 1}  # fmt: skip
+    values.update({**short, **overrides})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
