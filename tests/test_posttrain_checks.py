@@ -176,7 +176,7 @@ def test_the_recipes_hub_layouts_trl_cannot_train_are_refused(tmp_path, capsys, 
     assert f"dataset {hub['h4']} has no split 'train' (its splits: train_prefs, train_sft" in refusal(capsys, h4)
     error = refusal(capsys, [*h4, "--dataset_train_split", "train_prefs"])
     assert f"dataset {hub['h4']} split train_prefs, row 0 (from 0): TRL's dpo preparation fails on it:" in error
-    assert "(its fields: prompt: text of" in error and "no checked row passes" in error
+    assert "(its fields: prompt: text of" in error and "the next rows fail alone too" in error
     # The No Robots step as sft.yaml once documented it: SmolTalk's config carried over, then its string prompt.
     config = gpu_recipe(tmp_path, "sft", small_model_dir)
     no_robots = ["sft", "--config", str(config), "--dataset_name", str(hub["no_robots"])]

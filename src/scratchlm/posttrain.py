@@ -153,7 +153,7 @@ def launch_env(stage: str, recipe: Recipe) -> dict:
         if importlib.util.find_spec("wandb") is None:
             raise ScratchError(f"{recipe.where}: report_to wandb needs `pip install wandb` (or report_to: none)")
         # As pretraining does: without a key, log offline (sync later with `wandb sync`) instead of
-        # failing after the data is tokenized. The key itself is never read.
+        # failing after the data is tokenized. Only whether a key exists is looked at; it is never shown.
         if not _wandb_has_key() and "WANDB_MODE" not in env:
             env["WANDB_MODE"] = "offline"
             print(f"scratchlm: no wandb API key: trl {stage} logs to wandb offline (`wandb sync` uploads it later)")
@@ -236,7 +236,7 @@ def check_datasets(stage: str, recipe: Recipe, tokenizer) -> list[dict]:
     """TRL's preparation of the first rows of what it will train (and evaluate) on: what it would refuse
     minutes in, after loading the model, is refused now. Returns the first training rows."""
     groups = dataset_groups(recipe)
-    for split, group in groups:
+    for purpose, group in groups:
         try:
             rows = datasets.concatenate_datasets(
                 [datasets.Dataset.from_list(s.rows, features=s.features) for s in group]
@@ -244,30 +244,30 @@ def check_datasets(stage: str, recipe: Recipe, tokenizer) -> list[dict]:
         except ValueError as err:
             names = ", ".join(s.description for s in group)
             raise ScratchError(f"the datasets {names} cannot be mixed (as TRL mixes them): {first_line(err)}") from None
-        check_preparation(stage, recipe, tokenizer, split, rows, group)
-    return groups[0][1][0].rows
+        check_preparation(stage, recipe, tokenizer, purpose, rows, group)
+    _, first_group = groups[0]
+    return first_group[0].rows
 
 
 def dataset_groups(recipe: Recipe) -> list[tuple[str, list[Sample]]]:
-    """(split, samples) of what TRL prepares: a `datasets:` mixture is one dataset; a `dataset_name` gives
-    its train split, and its test split too when the run evaluates."""
+    """("train" or "eval", samples) for each dataset TRL prepares: a `datasets:` mixture is one; a
+    `dataset_name` gives its train split, and its test split too when the run evaluates."""
     script, training = recipe.script, recipe.training
     evaluates = training.eval_strategy != "no"  # TRL's scripts: an eval split only when evaluating
     if recipe.mixture.datasets:
-        # TRL's get_dataset() names the mixture's splits itself: train, and test when it splits one off.
+        # TRL's get_dataset() names the mixture's splits itself: train, and test when it splits one off
+        # (the same rows, so the training check covers both).
         made = ["train", "test"] if recipe.mixture.test_split_size is not None else ["train"]
         for split in [script.dataset_train_split] + ([script.dataset_test_split] if evaluates else []):
             if split not in made:
                 raise ScratchError(f"{recipe.where}: a `datasets:` mixture has no split '{split}' (it has {made})")
         entries = [(d.path, d.name, d.data_dir, d.data_files, d.split, d.columns) for d in recipe.mixture.datasets]
-        group = [open_sample(*entry, entry=True) for entry in entries]
-        return [("train", group)]
+        return [("train", [open_sample(*entry, entry=True) for entry in entries])]
     if not script.dataset_name:
         raise ScratchError(f"{recipe.where} names no dataset: set datasets: or dataset_name:")
-    splits = [script.dataset_train_split] + ([script.dataset_test_split] if evaluates else [])
-    return [
-        (split, [open_sample(script.dataset_name, script.dataset_config, None, None, split, None)]) for split in splits
-    ]
+    splits = {"train": script.dataset_train_split, **({"eval": script.dataset_test_split} if evaluates else {})}
+    name, config = script.dataset_name, script.dataset_config
+    return [(purpose, [open_sample(name, config, None, None, split, None)]) for purpose, split in splits.items()]
 
 
 def open_sample(path, name, data_dir, data_files, split, columns, entry: bool = False) -> Sample:
@@ -294,10 +294,12 @@ def open_sample(path, name, data_dir, data_files, split, columns, entry: bool = 
     return Sample(f"dataset {description}", first, rows.features)
 
 
-def check_preparation(stage, recipe, tokenizer, split, rows: datasets.Dataset, group: list[Sample]) -> None:
+def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset, group: list[Sample]) -> None:
+    """TRL's preparation of ROWS; if it fails, the first row it fails on, and the field, in one line."""
+
     def failure(subset: datasets.Dataset) -> Exception | None:
         try:
-            prepare_as_trl(stage, recipe, tokenizer, split, subset)
+            prepare_as_trl(stage, recipe, tokenizer, purpose, subset)
         except Exception as err:  # whatever TRL's preparation raises is what `trl` would stop with
             return err
         return None
@@ -305,16 +307,11 @@ def check_preparation(stage, recipe, tokenizer, split, rows: datasets.Dataset, g
     with _quiet_datasets():
         if failure(rows) is None:
             return
-        # The first row TRL fails on ends the shortest failing prefix (TRL decides the format from the
-        # first row, so a prefix is prepared as the whole is).
-        low, high = 1, len(rows)
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (middle + 1, high) if failure(rows.select(range(middle))) is None else (low, middle)
-        index, error = low - 1, failure(rows.select(range(low)))
-        field = failing_field(rows, index, failure)
+        index, error = first_failing_row(rows, failure)
+        donor = passing_row(rows, index, failure)
+        field = failing_field(rows, index, donor, failure) if donor is not None else None
     offset = index
-    for sample in group:  # the row of its own dataset
+    for sample in group:  # the row in its own dataset
         if offset < len(sample.rows):
             break
         offset -= len(sample.rows)
@@ -326,9 +323,9 @@ def check_preparation(stage, recipe, tokenizer, split, rows: datasets.Dataset, g
         )
     fields = "; ".join(f"{key}: {describe(value)}" for key, value in row.items())
     hint = ""
-    if index == 0:
+    if donor is None:
         hint = (
-            f"; no checked row passes, so this layout is not one `trl {stage}` takes (a `datasets:` entry with "
+            f"; the next rows fail alone too, so this layout is not one `trl {stage}` takes (a `datasets:` entry with "
             "`columns:` keeps only the columns TRL should read)"
         )
     raise ScratchError(
@@ -337,7 +334,26 @@ def check_preparation(stage, recipe, tokenizer, split, rows: datasets.Dataset, g
     )
 
 
-def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, split: str, rows: datasets.Dataset) -> None:
+def first_failing_row(rows: datasets.Dataset, failure) -> tuple[int, Exception]:
+    """The row that ends the shortest failing prefix, and its error. TRL decides the format from the
+    first row, so a prefix is prepared as the whole is."""
+    low, high = 1, len(rows)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if failure(rows.select(range(middle))) is None else (low, middle)
+    return low - 1, failure(rows.select(range(low)))
+
+
+def passing_row(rows: datasets.Dataset, index: int, failure) -> dict | None:
+    """A row TRL prepares: the one before INDEX, or else one of the next few that passes alone."""
+    if index:
+        return rows[index - 1]
+    passing = (i for i in range(1, min(len(rows), 8)) if failure(rows.select([i])) is None)
+    good = next(passing, None)
+    return None if good is None else rows[good]
+
+
+def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, purpose: str, rows: datasets.Dataset) -> None:
     """The trainer's own _prepare_dataset on ROWS, with the decisions its __init__ makes before calling it
     (trl/trainer/{sft,dpo}_trainer.py); no model is needed for it."""
     from trl import DPOTrainer, SFTTrainer
@@ -353,7 +369,7 @@ def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, split: str, rows: data
         return
     if stage == "dpo":
         prepared = DPOTrainer._prepare_dataset(
-            SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, training, split
+            SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, training, purpose
         )
     else:
         if training.assistant_only_loss and not is_conversational(first):
@@ -370,23 +386,15 @@ def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, split: str, rows: data
         trainer = SimpleNamespace(
             _tokenizer=tokenizer, chat_template=chat_template, completion_only_loss=completion_only_loss
         )
-        packing = training.packing if split == "train" or training.eval_packing is None else training.eval_packing
-        prepared = SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, training, packing, None, split)
+        packing = training.packing if purpose == "train" or training.eval_packing is None else training.eval_packing
+        prepared = SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, training, packing, None, purpose)
     for _ in prepared:  # a streamed dataset is prepared as it is read
         pass
 
 
-def failing_field(rows: datasets.Dataset, index: int, failure) -> str | None:
-    """The field of row INDEX that TRL fails on: the one whose value, taken from a row TRL prepares,
-    makes the row pass. None when no checked row passes (the whole layout is wrong)."""
-    if index:
-        donor = rows[index - 1]
-    else:
-        passing = (i for i in range(1, min(len(rows), 8)) if failure(rows.select([i])) is None)
-        good = next(passing, None)
-        if good is None:
-            return None
-        donor = rows[good]
+def failing_field(rows: datasets.Dataset, index: int, donor: dict, failure) -> str | None:
+    """The field of row INDEX that TRL fails on: the one whose value, taken from a row TRL prepares
+    (DONOR), makes the row pass."""
     culprit, before = rows[index], rows.select(range(index)).to_list()
     for field in culprit:
         repaired = datasets.Dataset.from_list([*before, {**culprit, field: donor[field]}], features=rows.features)
