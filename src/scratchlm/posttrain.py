@@ -18,6 +18,7 @@ cannot:
   (replies of every saved checkpoint), plan.json and export/.
 """
 
+import contextlib
 import copy
 import importlib
 import importlib.util
@@ -304,7 +305,7 @@ def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset,
             return err
         return None
 
-    with _quiet_datasets():
+    with _no_progress_bars():
         if failure(rows) is None:
             return
         index, error = first_failing_row(rows, failure)
@@ -415,15 +416,15 @@ def describe(value) -> str:
     return type(value).__name__
 
 
-class _quiet_datasets:
-    """No progress bars for a few hundred rows prepared a few times over."""
-
-    def __enter__(self):
-        self.was_enabled = datasets.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-
-    def __exit__(self, *exc):
-        if self.was_enabled:
+@contextlib.contextmanager
+def _no_progress_bars():
+    """None for a few hundred rows prepared a few times over."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
             datasets.enable_progress_bars()
 
 
