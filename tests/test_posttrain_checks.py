@@ -76,26 +76,27 @@ def template_without_generation(tmp_path_factory, small_model_dir):
 
 
 @pytest.mark.parametrize(
-    "override, message",
+    "template, override, message",
     [
-        ([], "assistant_only_loss needs {% generation %}"),  # the recipe's own value: true
-        (["--assistant_only_loss", "false"], "Column name ['messages'] not in the dataset"),
-        (["--assistant_only_loss=False"], "Column name ['messages'] not in the dataset"),
-        (["--trust_remote_code", "false"], "set trust_remote_code: true"),
-        (["--trust_remote_code=false"], "set trust_remote_code: true"),
-        (["--model_name_or_path=MODEL"], "model_name_or_path MODEL is not an exported model directory"),
+        ("plain", [], "assistant_only_loss needs {% generation %}"),  # the recipe's own value: true
+        ("plain", ["--assistant_only_loss", "false"], "Column name ['messages'] not in the dataset"),
+        ("plain", ["--assistant_only_loss=False"], "Column name ['messages'] not in the dataset"),
+        ("ours", ["--trust_remote_code", "false"], "set trust_remote_code: true"),
+        ("ours", ["--trust_remote_code=false"], "set trust_remote_code: true"),
+        ("ours", ["--model_name_or_path=MODEL"], "model_name_or_path MODEL is not an exported model directory"),
     ],
 )
 def test_overrides_mean_what_they_mean_to_trl(
-    tmp_path, capsys, small_model_dir, template_without_generation, default_dir, override, message
+    tmp_path, capsys, small_model_dir, template_without_generation, default_dir, template, override, message
 ):
     """`--key=value` is read, and `false` is false: the checks see the model and the flags TRL trains with.
-    With assistant_only_loss off, the template is no longer refused and the check after it (the data) speaks."""
-    model = template_without_generation if "assistant_only_loss" in message + " ".join(override) else small_model_dir
-    elsewhere = tmp_path / "elsewhere"
-    override = [o.replace("MODEL", str(elsewhere)) for o in override]
+    With assistant_only_loss off, a template without {% generation %} passes and the check after it (the
+    data, text rows here) speaks."""
+    model = template_without_generation if template == "plain" else small_model_dir
+    elsewhere = str(tmp_path / "elsewhere")
+    override, message = [o.replace("MODEL", elsewhere) for o in override], message.replace("MODEL", elsewhere)
     config = tiny_recipe(tmp_path, "sft", model, default_dir / "pretrain" / "math.jsonl")
-    assert message.replace("MODEL", str(elsewhere)) in refusal(capsys, ["sft", "--config", str(config), *override])
+    assert message in refusal(capsys, ["sft", "--config", str(config), *override])
     assert not (tmp_path / "sft").exists()
 
 
@@ -226,3 +227,16 @@ def test_the_recipes_hub_datasets_train_as_written(tmp_path, monkeypatch, capsys
     if name == "dpo":
         assert "no wandb API key: trl dpo logs to wandb offline" in capsys.readouterr().out
         assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*/sft-hq.yaml")), ids=lambda p: p.parent.name)
+def test_the_no_robots_recipes_continue_from_sft_on_its_conversations(path):
+    from trl.scripts.sft import make_parser
+
+    script, training, model, mixture = make_parser().parse_args_and_config(["--config", str(path), "--bf16", "false"],
+                                                                          fail_with_unknown_args=False)  # fmt: skip
+    run = path.parent.name
+    assert model.model_name_or_path == f"runs/{run}/sft/export" and training.output_dir == f"runs/{run}/sft-hq"
+    assert not script.dataset_name and [(d.path, d.columns) for d in mixture.datasets] == [
+        ("HuggingFaceH4/no_robots", ["messages"])
+    ]
