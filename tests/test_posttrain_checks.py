@@ -103,7 +103,8 @@ def test_overrides_mean_what_they_mean_to_trl(
 def test_help_prints_ours_and_trls(capsys):
     assert main(["sft", "--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("scratchlm sft: runs `trl sft` with the same arguments") and "done:" not in out
+    assert out.startswith("scratchlm sft --config RECIPE.yaml") and "done:" not in out
+    assert "Runs `trl sft` with the same arguments" in out
     assert "--assistant_only_loss" in out and "--model_name_or_path" in out and "usage: scratchlm sft" in out
     assert main(["dpo", "-h"]) == 0 and "--beta" in capsys.readouterr().out
 

@@ -46,10 +46,12 @@ from .train.hardware import describe_hardware
 
 CHECK_ROWS = 256  # rows of each dataset that TRL's preparation is tried on before it starts
 SAMPLE_PROMPTS = 3
-HELP = """scratchlm {stage}: runs `trl {stage}` with the same arguments, after checking them (the model, the chat
-template, accelerate's mixed precision, wandb, TRL's preparation of the first {rows} rows of each dataset);
-re-running the same command resumes from the newest complete checkpoint-N in output_dir. Afterwards it writes
-metrics.jsonl, samples.jsonl, plan.json and export/ into output_dir. TRL's own arguments:
+HELP = """scratchlm {stage} --config RECIPE.yaml [--key value | --key=value ...]
+
+Runs `trl {stage}` with the same arguments, after checking them (the model, the chat template, accelerate's
+mixed precision, wandb, TRL's preparation of the first {rows} rows of each dataset); re-running the same
+command resumes from the newest complete checkpoint-N in output_dir. Afterwards it writes metrics.jsonl,
+samples.jsonl, plan.json and export/ into output_dir. The keys, in the YAML or as flags, are TRL's:
 """
 
 
