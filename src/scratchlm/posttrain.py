@@ -420,7 +420,7 @@ def describe(value) -> str:
 
 @contextlib.contextmanager
 def _no_progress_bars():
-    """None for a few hundred rows prepared a few times over."""
+    """Quiet, for a few hundred rows prepared a few times over."""
     shown = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -453,8 +453,7 @@ def finish_stage(stage: str, recipe: Recipe, first_rows: list[dict], wall_s: flo
     model, tokenizer = load_stage_model(run.path)
     save_model(model, tokenizer, run.export)
     write_model_card(run, data_descriptions(recipe))
-    prompts = sample_prompts(first_rows)
-    samples = []
+    prompts, samples = sample_prompts(first_rows), []  # no prompts: rows of plain text
     for checkpoint in checkpoints if prompts else []:  # the last one holds the final weights
         model, tokenizer = load_stage_model(checkpoint)
         for prompt, (reply, _) in zip(prompts, chat_replies(model, tokenizer, prompts), strict=True):
