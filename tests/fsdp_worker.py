@@ -16,8 +16,8 @@ from torch.distributed.fsdp import fully_shard
 from helpers import SMALL_MODEL
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.model.presets import build_config
-from scratchlm.tokenization import wrap_tokenizer
 from scratchlm.run_dir import RunDir
+from scratchlm.tokenization import wrap_tokenizer
 from scratchlm.train import checkpoint as ckpt
 
 STEPS, SAVE_AT = 8, 4

@@ -1,6 +1,5 @@
 """What several test files share: the small model, generated text, and running pretraining as users do."""
 
-import json
 import os
 import random
 import shutil

@@ -70,7 +70,9 @@ def test_when_it_saves_and_what_pruning_keeps(tmp_path, tokenizer_dir):
     # interval 4 and 8; milestone 3; forced 6; stop 9; end 10 -> the newest two, plus milestone and forced steps
     assert saved_steps(checkpointer) == [3, 6, 9, 10]
     assert [reason(checkpointer, s) for s in (3, 6, 9, 10)] == ["forced", "forced", "stop", "end"]
-    assert not list(checkpointer.run.checkpoints.glob("*.deleting")) and not list(checkpointer.run.checkpoints.glob("*.tmp"))
+    assert not list(checkpointer.run.checkpoints.glob("*.deleting")) and not list(
+        checkpointer.run.checkpoints.glob("*.tmp")
+    )
 
 
 def test_prune_keeps_the_newest_and_the_kept(tmp_path, tokenizer_dir):
@@ -147,12 +149,16 @@ def test_a_full_disk_names_the_last_good_checkpoint_and_keeps_it(tmp_path, token
     assert {p.name: p.read_bytes() for p in good.rglob("*") if p.is_file()} == before
 
 
-def test_a_checkpoint_folder_copied_without_its_files_is_not_resumed(tmp_path, tokenizer_dir):
-    checkpointer, *_ = make(tmp_path, tokenizer_dir)
-    path = checkpointer.save(3, "interval")
-    shutil.rmtree(path / "optimizer")
-    os.remove(path / "trainer_state.json")
-    assert resume_point(checkpointer.run, WORLD) is None
+def test_a_checkpoint_that_lost_files_is_passed_over_loudly_or_refused(tmp_path, tokenizer_dir, capsys):
+    checkpointer, *_ = make(tmp_path, tokenizer_dir, save_total_limit=5)
+    older = checkpointer.save(2, "interval")
+    newest = checkpointer.save(3, "interval")
+    shutil.rmtree(newest / "optimizer")  # copied or synced without all its files
+    assert resume_point(checkpointer.run, WORLD) == older
+    assert "optimizer/" in capsys.readouterr().out and (newest.parent / "step_00000003.damaged").is_dir()
+    os.remove(older / "trainer_state.json")
+    with pytest.raises(ScratchError, match=r"every checkpoint in .* is damaged .*step_00000002: trainer_state.json"):
+        resume_point(checkpointer.run, WORLD)  # never a silent start from step 0 beside damaged checkpoints
 
 
 DIE_AT_FIRST_DELETION = """

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import launch, small_run
 from scratchlm.cli import main
 from scratchlm.eval.probes import probe_accuracy
 from scratchlm.model.files import load_model
-from helpers import launch, small_run
 
 
 @pytest.fixture(scope="module")

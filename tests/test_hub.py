@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from helpers import launch, launch_command, small_run, train_losses
 from hub_stub import HubStub
 from scratchlm.errors import ScratchError
 from scratchlm.train.config import PretrainConfig
-from helpers import launch, launch_command, small_run, train_losses
 
 TOKEN = "hf_stubSECRET0123456789abcdef"
 

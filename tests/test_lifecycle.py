@@ -14,6 +14,7 @@ from pathlib import Path
 
 from helpers import REPO, launch, launch_command, small_run, train_losses
 from scratchlm.run_dir import RunDir
+from scratchlm.train.status import summarize
 
 
 def wait_for(condition, timeout: float = 240, what: str = "") -> None:
@@ -38,6 +39,7 @@ def test_one_run_per_directory_signals_stop_cleanly_and_kill_9_frees_it(tmp_path
     wait_for(lambda: len(run.training_metrics()) >= 3, what="the first run to train")
     holder = run.holder()
     assert holder is not None and holder["pid"] != first.pid  # the trainer, not the launcher, holds it
+    assert f"running: pid {holder['pid']} on " in summarize(run.path) and "ETA " in summarize(run.path)
 
     second = launch(tmp_path, "--config", str(config), fails=True, timeout=120)
     assert f"is in use by another run (pid {holder['pid']} on " in second.stderr
@@ -51,6 +53,8 @@ def test_one_run_per_directory_signals_stop_cleanly_and_kill_9_frees_it(tmp_path
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["reason"] == "stop" and state["step"] == max(m["step"] for m in run.training_metrics())
     stopped_at = state["step"]
+    status = summarize(run.path)
+    assert "not running" in status and "ETA" not in status and "running: pid" not in status
 
     # kill -9 leaves the lock file behind, but nobody holds it: the next launch takes over and resumes.
     third = start(tmp_path, config)

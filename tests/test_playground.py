@@ -42,7 +42,9 @@ def runs(tmp_path_factory, tokenizer_dir) -> Path:
         optimizer.step()
         optimizer.zero_grad()
         if step in (2, 20):
-            save_checkpoint(RunDir(pretrain).checkpoint(step), model, optimizer, {"step": step}, model.config, tokenizer)
+            save_checkpoint(
+                RunDir(pretrain).checkpoint(step), model, optimizer, {"step": step}, model.config, tokenizer
+            )
     save_model(model, tokenizer, pretrain / "export")
     save_model(model, tokenizer, sft / "checkpoint-5")
     (sft / "checkpoint-5" / "trainer_state.json").write_text("{}")
@@ -81,8 +83,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 def greedy(path: Path, prompt: str, max_new_tokens: int) -> str:
     """What the playground must show, computed here without it."""
-    from scratchlm.model.files import generation_config
-    from scratchlm.model.files import load_model_from
+    from scratchlm.model.files import generation_config, load_model_from
 
     model, tokenizer = load_model_from(path)
     inputs = tokenizer(prompt, return_tensors="pt")

@@ -2,16 +2,13 @@
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from helpers import REPO, launch, small_run, train_losses
 from scratchlm import run_dir
@@ -93,7 +90,11 @@ def test_exact_resume_in_a_fresh_process(tmp_path, shards_dir):
 def test_resume_without_optimizer_state_is_refused(tmp_path, shards_dir):
     config = small_run(tmp_path, shards_dir, max_steps=8)
     launch(tmp_path, "--config", str(config), "--stop_at_step", "4")
-    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step_00000004" / "optimizer")
+    # A checkpoint that was written without optimizer state (its manifest lists no optimizer files).
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
+    shutil.rmtree(checkpoint / "optimizer")
+    files = run_dir.checkpoint_files(checkpoint)
+    run_dir.write_manifest(checkpoint, 4, {name: run_dir.file_digest(checkpoint / name) for name in files})
     result = launch(tmp_path, "--config", str(config), fails=True)
     assert "step_00000004 has no optimizer state" in result.stderr and "--reset_optimizer true" in result.stderr
     assert max(train_losses(tmp_path / "run")) == 4  # nothing trained
@@ -132,7 +133,13 @@ def test_a_failed_checkpoint_write_is_never_picked(tmp_path, shards_dir):
         assert (latest / "optimizer" / "param_groups.json").is_file()
         reached = state["step"]
     result = launch(
-        tmp_path, "--config", str(killed), "--max_steps", "400", "--stop_at_step", str(run_dir.checkpoint_step(latest) + 1)
+        tmp_path,
+        "--config",
+        str(killed),
+        "--max_steps",
+        "400",
+        "--stop_at_step",
+        str(run_dir.checkpoint_step(latest) + 1),
     )
     assert f"at step {run_dir.checkpoint_step(latest)}" in result.stdout
 
@@ -364,3 +371,27 @@ def test_torch_compile_trains_checkpoints_and_resumes(tmp_path, shards_dir):
     losses = train_losses(tmp_path / "run")
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6]["loss"] < losses[1]["loss"]
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_bad_input_under_accelerate_is_one_line_and_the_last(tmp_path, shards_dir):
+    """`accelerate launch --quiet` (the README's form): our line is all a user sees, no launcher traceback."""
+    config = small_run(tmp_path, shards_dir, learning_rate=-1.0, per_device_train_batch_size=0)
+    command = [shutil.which("accelerate"), "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "recipes" / "pretrain.py"),
+               "--config", str(config)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert lines[-1] == (
+        "error: config: 'per_device_train_batch_size' must be positive, got 0; "
+        "'learning_rate' must be positive, got -1.0"
+    )  # every problem at once, in one line
+
+
+def test_a_yaml_1_1_exponent_trains_as_the_number_it_means(tmp_path):
+    from scratchlm.train.config import parse_pretrain_args
+
+    (tmp_path / "run.yaml").write_text(
+        "output_dir: x\nmodel_preset: tiny\ndata_dir: d\nmax_steps: 1\nlearning_rate: 3e-4\n"
+    )
+    assert parse_pretrain_args(["--config", str(tmp_path / "run.yaml")]).learning_rate == 0.0003

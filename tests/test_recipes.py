@@ -83,7 +83,7 @@ def test_schedules():
     assert cosine.lr(0) == pytest.approx(1e-4) and cosine.lr(9) == pytest.approx(1e-3)
     assert cosine.lr(60) == pytest.approx(5.5e-4) and cosine.lr(110) == pytest.approx(1e-4)
     wsd = Schedule("wsd", 1e-3, 0.0, warmup_steps=0, total_steps=100, weight_decay=0.1, decay_fraction=0.2)
-    assert wsd.lr(79) == 1e-3 and wsd.lr(80) == 1e-3 and wsd.lr(99) == 0.0 and wsd.stage(85) == "decay"
+    assert wsd.lr(79) == 1e-3 and wsd.lr(80) == 1e-3 and wsd.lr(99) == 0.0 and wsd.phase(85) == "decay"
     two = Schedule(
         "two_stage",
         1.5e-3,

@@ -25,7 +25,11 @@ from scratchlm.run_dir import (
 
 def fake_checkpoint(run: RunDir, step: int, files: dict[str, bytes] | None = None):
     path = run.checkpoint(step)
-    files = files or {"model/model.safetensors": b"weights" * 100, "model/aliases.json": b"{}", "trainer_state.json": b"{}"}
+    files = files or {
+        "model/model.safetensors": b"weights" * 100,
+        "model/aliases.json": b"{}",
+        "trainer_state.json": b"{}",
+    }
     for name, data in files.items():
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         (path / name).write_bytes(data)

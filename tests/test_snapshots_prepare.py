@@ -237,6 +237,21 @@ def test_sources_that_read_the_same_data_are_refused(tmp_path, capsys, hub, defa
     refused(capsys, code, out, message.format(d=os.path.realpath(directory) if directory else ""))
 
 
+@pytest.mark.parametrize(("first", "second"), [("sample-10BT", "sample-100BT"), ("sample-100BT", "sample-10BT")])
+def test_sources_that_share_rows_in_other_files_are_refused(tmp_path, capsys, hub, default_tokenizer, first, second):
+    """FineWeb-Edu's sample-10BT is a subset of sample-100BT, in other files: found by the documents themselves."""
+    sources = [{"name": c, "path": str(hub["fineweb-edu"]), "config": c} for c in (first, second)]
+    code, out = run_prepare(tmp_path, default_tokenizer, sources)
+    refused(capsys, code, out, "overlap: document", "training would see them twice")
+
+
+def test_sources_without_shared_rows_pass_the_overlap_check(tmp_path, capsys, hub, default_tokenizer):
+    sources = [{"name": "web", "path": str(hub["fineweb-edu"]), "config": "sample-10BT"},
+               {"name": "math", "path": str(hub["finemath"]), "config": "finemath-4plus"}]  # fmt: skip
+    code, out = run_prepare(tmp_path, default_tokenizer, sources)
+    assert code == 0 and (out / "manifest.json").is_file(), capsys.readouterr().err
+
+
 # --- smaller checks -------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from helpers import REPO
+from scratchlm.run_dir import RunDir
 
 SHORT = {  # recipe file: overrides
     "pretrain.yaml": {"max_steps": 150, "eval_steps": 150, "sample_steps": 150, "save_steps": 150,
@@ -111,11 +112,15 @@ def test_report_json_has_the_stable_keys(finished):
     ]
     assert {"final_loss", "val_bpb", "tokens", "tok_per_s"} <= set(stages["pretrain"])
     assert stages["pretrain"]["tokens"] == 150 * 8 * 256
+    runs = finished["work"] / "run" / "runs" / "tiny"
+    for stage in ("pretrain", "midtrain"):  # their numbers are their last in-training evaluation's
+        last = [m for m in RunDir(runs / stage).metrics() if "val_loss" in m][-1]
+        assert stages[stage]["core"] == last["core"] and stages[stage]["probe_accuracy"] == last["probe_accuracy"]
+        assert stages[stage]["final_loss"] == RunDir(runs / stage).training_metrics()[-1]["loss"]
+    for stage in ("sft", "dpo"):  # theirs come from `scratchlm eval core --out RUN/evals/core.json`
+        assert stages[stage]["core"] == json.loads((runs / stage / "evals" / "core.json").read_text())["core"]
     for stage in ("pretrain", "midtrain", "sft", "dpo"):
-        assert 0 <= stages[stage]["core"] <= 1 or stages[stage]["core"] < 0  # centered: below 0 is below chance
-        assert stages[stage]["final_loss"] > 0
-    for stage in ("pretrain", "midtrain"):
-        assert 0 <= stages[stage]["probe_accuracy"] <= 1
+        assert -1 < stages[stage]["core"] < 1  # centered accuracy: 0 is chance, 1 is every item right
     for stage in ("midtrain", "sft"):
         assert {"chat_accuracy", "stop_rate"} <= set(stages[stage])
     for stage in ("sft", "dpo"):

@@ -52,6 +52,7 @@ def continuation(model, tokenizer, ids, max_new_tokens: int, sampling: dict, str
     """The token ids generated after `ids` (one sequence), stopping at the end of a document or of an
     assistant turn, as every export's generation config says (a training checkpoint has none)."""
     stops = generation_config(tokenizer)
+    ids = ids.to(model.device)
     with torch.no_grad():
         output = model.generate(
             ids,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .config import read_yaml
 from .errors import ScratchError
+from .train.plan import GPU_ALIASES, GPUS
 
 POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
 
@@ -80,21 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True)
     prepare.set_defaults(run=run_data_prepare)
 
-    plan = commands.add_parser("plan", help="steps, tokens, time and cost of a run before paying for it")
-    _add_model_choice(plan)
-    plan.add_argument("--gpu", required=True, choices=["4090", "a100", "h100", "h200"])
-    plan.add_argument("--num-gpus", type=int, default=1)
-    horizon = plan.add_mutually_exclusive_group(required=True)
+    plan = commands.add_parser(
+        "plan", help="steps, tokens, time, cost and memory per GPU of a run before paying for it"
+    )
+    choice = plan.add_mutually_exclusive_group(required=True)
+    choice.add_argument(
+        "--recipe", help="a pretraining YAML (recipes/<run>/pretrain.yaml): its model, exact batch and horizon"
+    )
+    choice.add_argument("--preset", help="a named preset (see `scratchlm model info --help`)")
+    choice.add_argument("--config", help="YAML with ScratchConfig keys and an optional `preset:` (or a recipe)")
+    gpus = [*GPUS, *GPU_ALIASES]
+    plan.add_argument("--gpu", required=True, choices=gpus, metavar="GPU", help=", ".join(gpus))
+    plan.add_argument("--num-gpus", type=int, default=1, help="processes; more than one: FSDP2-sharded")
+    horizon = plan.add_mutually_exclusive_group()
     horizon.add_argument("--steps", type=int, default=0)
     horizon.add_argument("--tokens", type=float, default=0, help="e.g. 20e9")
     horizon.add_argument("--ratio", type=float, default=0, help="tokens per parameter (Chinchilla: 20)")
     horizon.add_argument("--flops", type=float, default=0, help="e.g. 1e20")
-    plan.add_argument("--tokens-per-step", type=int, default=524_288)
+    plan.add_argument("--tokens-per-step", type=int, default=0, help="default 524,288 (a recipe: its own)")
     plan.add_argument("--micro-batch", type=int, default=0, help="per GPU; default: what makes tokens-per-step")
     plan.add_argument("--seq-len", type=int, default=0, help="default: the model's context")
     plan.add_argument("--tok-per-s", type=float, default=0, help="a measured throughput (default: peak x MFU)")
     plan.add_argument("--mfu", type=float, default=0, help="assumed MFU (default per GPU, from the seeds)")
-    plan.add_argument("--usd-per-gpu-hour", type=float, default=0)
+    plan.add_argument("--usd-per-gpu-hour", type=float, default=0, help="default: a recipe's usd_per_gpu_hour")
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(run=run_plan)
 
@@ -288,26 +297,52 @@ def run_pull(args) -> None:
 
 
 def run_plan(args) -> None:
-    from .model.info import model_stats
-    from .train.plan import estimate_time_and_cost, resolve_plan
+    from dataclasses import replace
 
-    config = _model_config(args)
-    seq_len = args.seq_len or config.max_position_embeddings
-    stats = model_stats(config, seq_len)
-    micro = args.micro_batch or 1
-    plan = resolve_plan(
-        stats,
-        seq_len,
-        micro,
-        args.num_gpus,
-        tokens_per_step=args.tokens_per_step,
-        max_steps=args.steps,
-        max_tokens=int(args.tokens),
-        target_flops=args.flops,
-        tokens_per_param=args.ratio,
-    )
-    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s, args.usd_per_gpu_hour, args.mfu)
+    from .model.info import model_stats
+    from .train.memory import describe_estimate, estimate_memory, settings_that_fit, setup_for_run
+    from .train.plan import estimate_time_and_cost, gpu_profile, resolve_plan
+
+    recipe = args.recipe or (args.config if args.config and "output_dir" in read_yaml(args.config) else None)
+    gpu = gpu_profile(args.gpu)
+    if recipe:
+        config, model_config = _recipe(recipe, args)
+        seq_len = config.seq_len or model_config.max_position_embeddings
+        stats = model_stats(model_config, seq_len)
+        plan = config.plan(stats, seq_len, args.num_gpus)
+        setup = setup_for_run(config, model_config, plan)
+        usd = args.usd_per_gpu_hour or config.usd_per_gpu_hour
+    else:
+        if not (args.steps or args.tokens or args.ratio or args.flops):
+            raise ScratchError("plan: give a horizon (--steps, --tokens, --ratio or --flops) or a --recipe")
+        model_config = _model_config(args)
+        seq_len = args.seq_len or model_config.max_position_embeddings
+        stats = model_stats(model_config, seq_len)
+        plan = resolve_plan(
+            stats,
+            seq_len,
+            args.micro_batch or 1,
+            args.num_gpus,
+            tokens_per_step=args.tokens_per_step or 524_288,
+            max_steps=args.steps,
+            max_tokens=int(args.tokens),
+            target_flops=args.flops,
+            tokens_per_param=args.ratio,
+        )
+        setup = None
+        usd = args.usd_per_gpu_hour
+    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s, usd, args.mfu)
     result = {**plan.as_dict(), "params_matmul": stats["params_matmul"], **cost}
+    if setup is not None:
+        estimate = estimate_memory(setup)
+        result["memory"] = {
+            **estimate.terms,
+            "allocated_peak": estimate.allocated_peak,
+            "device_peak": estimate.device_peak,
+            "capacity": gpu.memory_bytes,
+            "fits": estimate.device_peak <= gpu.memory_bytes,
+            "headroom": round(1 - estimate.device_peak / gpu.memory_bytes, 4),
+        }
     if args.json:
         print(json.dumps(result))
         return
@@ -322,7 +357,58 @@ def run_plan(args) -> None:
     print(f"FLOPs             {plan.flops:>20.3e}")
     print(f"throughput        {cost['tok_per_s']:>20,} tok/s  ({cost['tok_per_s_from']})")
     print(f"wall time         {cost['hours']:>20,.1f} h  ({cost['hours'] / 24:.1f} days)")
-    print(f"cost              {cost['cost_usd']:>20,.2f} USD  ({args.num_gpus} x ${args.usd_per_gpu_hour}/GPU-hour)")
+    print(f"cost              {cost['cost_usd']:>20,.2f} USD  ({args.num_gpus} x ${usd}/GPU-hour)")
+    if setup is None:
+        return
+    how = [
+        "FSDP2" if setup.sharded else "one GPU",
+        "bf16" if setup.bf16 else "fp32",
+        "activation checkpointing" if setup.gradient_checkpointing else "no activation checkpointing",
+        "compiled" if setup.compile else "eager",
+        f"{setup.attention}{' + document masking' if setup.document_masking else ''}",
+    ]
+    print(describe_estimate(estimate, gpu.memory_bytes, f" ({gpu.name}; {', '.join(how)})"))
+    by_tokens = bool(config.tokens_per_step)
+    if estimate.device_peak > gpu.memory_bytes:
+        advice = settings_that_fit(setup, gpu.memory_bytes, headroom=0.1, tokens_per_step=by_tokens)
+        print("does NOT fit; same tokens per step, 10% headroom: " + (" or ".join(advice) or "no micro-batch fits"))
+    elif estimate.device_peak > 0.9 * gpu.memory_bytes:
+        print("fits, with less than 10% headroom")
+    else:
+        print("fits")
+    if setup.gradient_checkpointing:
+        unchecked = replace(setup, gradient_checkpointing=False)
+        if estimate_memory(unchecked).device_peak <= 0.9 * gpu.memory_bytes:
+            print("fits without activation checkpointing too (10% headroom), which is faster")
+
+
+def _recipe(path: str, args):
+    """A pretraining recipe and the model it trains, as the training loop builds it."""
+    from .model import ScratchConfig
+    from .model.files import read_config
+    from .model.presets import build_config
+    from .train.config import parse_pretrain_args
+
+    flags = ("steps", "tokens", "ratio", "flops", "micro_batch", "seq_len", "tokens_per_step")
+    given = [flag for flag in flags if getattr(args, flag)]
+    if given:
+        raise ScratchError(
+            f"plan --recipe takes the batch and horizon from the recipe; drop --{given[0].replace('_', '-')} "
+            "(or change the recipe)"
+        )
+    config = parse_pretrain_args(["--config", path])
+    if config.model_preset:
+        return config, build_config({"preset": config.model_preset})
+    if config.model_config:
+        return config, build_config(read_yaml(config.model_config), where=config.model_config)
+    source = Path(config.init_from)
+    if config.init_from.startswith("hub://") or not (source / "config.json").is_file():
+        raise ScratchError(
+            f"{path}: init_from {config.init_from} has no config.json here (it is written by the run this one "
+            "continues, or lives on the Hub); plan that run's recipe, or run it first"
+        )
+    known = ScratchConfig.__dataclass_fields__
+    return config, build_config({k: v for k, v in read_config(source).items() if k in known}, where=str(source))
 
 
 def run_status(args) -> None:
@@ -353,18 +439,18 @@ def run_report(args) -> None:
 
 def run_eval_chat(args) -> None:
     from .eval.chat import chat_eval, read_rows
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     _report(chat_eval(model, tokenizer, read_rows(args.data, ("messages", "answer")), args.max_new_tokens), args.out)
 
 
 def run_eval_preference(args) -> None:
     from .eval.chat import preference_eval, read_rows
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
-    reference = load_model(args.reference, with_tokenizer=False)[0] if args.reference else None
+    model, tokenizer = load_for_evaluation(args.model)
+    reference = load_for_evaluation(args.reference, with_tokenizer=False)[0] if args.reference else None
     rows = read_rows(args.data, ("prompt", "chosen", "rejected"))
     _report(preference_eval(model, tokenizer, rows, reference, args.beta), args.out)
 
@@ -372,9 +458,9 @@ def run_eval_preference(args) -> None:
 def run_eval_bpb(args) -> None:
     from .data.shards import TokenShards
     from .eval.bpb import evaluate_bpb, token_byte_lengths
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     shards = TokenShards(args.data, tokenizer)
     seq_len = args.seq_len or model.config.max_position_embeddings
     token_bytes = token_byte_lengths(tokenizer, model.config.vocab_size)
@@ -385,12 +471,12 @@ def run_eval_core(args) -> None:
     from accelerate import PartialState
 
     from .eval.core import evaluate_core, load_bundle
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
     state = PartialState()  # under `accelerate launch`, the processes split the items
     tasks = load_bundle(args.bundle)
-    model, tokenizer = load_model(args.model)
-    result = evaluate_core(model.to(state.device), tokenizer, tasks, args.max_per_task, args.batch_size)
+    model, tokenizer = load_for_evaluation(args.model, device=state.device)
+    result = evaluate_core(model, tokenizer, tasks, args.max_per_task, args.batch_size)
     if state.is_main_process:
         _report(result, args.out)
 
@@ -398,10 +484,10 @@ def run_eval_core(args) -> None:
 def run_eval_probes(args) -> None:
     from .eval.chat import read_rows
     from .eval.probes import probe_accuracy
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
     rows = read_rows(args.data, ("prompt", "answer"))
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     _report(probe_accuracy(model, tokenizer, rows), args.out)
 
 
@@ -416,11 +502,11 @@ def run_generate(args) -> None:
     import torch
 
     from .chat import sampling_options
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     torch.manual_seed(args.seed)
-    inputs = tokenizer(args.prompt, return_tensors="pt")
+    inputs = tokenizer(args.prompt, return_tensors="pt").to(model.device)
     output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, **sampling_options(args.temperature))
     print(tokenizer.decode(output[0, inputs.input_ids.shape[1] :], skip_special_tokens=True))
 
@@ -429,9 +515,9 @@ def run_chat(args) -> None:
     import torch
 
     from .chat import chat, sampling_options
-    from .model.files import load_model
+    from .model.files import load_for_evaluation
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_for_evaluation(args.model)
     torch.manual_seed(args.seed)
     chat(model, tokenizer, sampling_options(args.temperature, args.top_k, args.top_p), args.max_new_tokens)
 

@@ -94,9 +94,13 @@ class RunDir:
 
     def complete_checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
+        return [p for p in self.sealed_checkpoints() if is_complete(p)]
+
+    def sealed_checkpoints(self) -> list[Path]:
+        """Checkpoint folders that were finished (they hold COMPLETE), intact or not, oldest first."""
         if not self.checkpoints.is_dir():
             return []
-        found = [p for p in self.checkpoints.iterdir() if _OURS.match(p.name) and is_complete(p)]
+        found = [p for p in self.checkpoints.iterdir() if _OURS.match(p.name) and (p / COMPLETE).is_file()]
         return sorted(found, key=lambda p: p.name)
 
     def latest_checkpoint(self) -> Path | None:
@@ -270,10 +274,11 @@ def write_manifest(folder: Path, step: int, digests: dict[str, str]) -> None:
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """COMPLETE's content; checkpoints of scratchlm 0.1 hold only the step (`files` is then {}: unverifiable)."""
     with contextlib.suppress(OSError, json.JSONDecodeError, UnicodeDecodeError):
         manifest = json.loads((folder / COMPLETE).read_text())
-        if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
-            return manifest
+        if isinstance(manifest, dict) and isinstance(manifest.get("files", {}), dict):
+            return {"files": {}, **manifest}
     return None
 
 

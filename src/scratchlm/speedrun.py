@@ -25,7 +25,9 @@ from .report import build_report
 from .train.config import parse_pretrain_args
 
 STATE = "speedrun.json"
-ACCELERATE_CPU = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+# --quiet: a failing script's own one-line error is the last thing printed (no launcher traceback after it).
+ACCELERATE_CPU = ["--quiet", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no"]  # fmt: skip
 
 
 def speedrun(out: str | Path, recipe: str | Path) -> Path:

@@ -30,9 +30,8 @@ from tqdm import tqdm
 from ..config import from_mapping
 from ..errors import ScratchError
 from ..tokenization import load_tokenizer, tokenizer_hash
+from .shards import MANIFEST_VERSION
 from .sources import Source, check_disjoint
-
-MANIFEST_VERSION = 1
 
 
 @dataclass
@@ -90,6 +89,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
         source.check()
         if source.max_documents and config.val_every > source.max_documents:
             raise _no_validation(source, source.max_documents, config)
+    fingerprints = {s.name: first_documents(s) for s in config.sources} if len(config.sources) > 1 else {}
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -98,7 +98,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
     try:
-        sources = _prepare_sources(config, partial, dtype, progress)
+        sources = _prepare_sources(config, partial, dtype, progress, fingerprints)
     except ScratchError:  # a bad row or a source too small: nothing half-made is left behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -120,7 +120,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
     return manifest
 
 
-def _prepare_sources(config: PrepareConfig, partial: Path, dtype, progress: bool) -> list[dict]:
+def _prepare_sources(config: PrepareConfig, partial: Path, dtype, progress: bool, fingerprints: dict) -> list[dict]:
     total_weight = sum(s.weight for s in config.sources)
     sources = []
     processes = config.num_proc or os.cpu_count() or 1
@@ -129,7 +129,8 @@ def _prepare_sources(config: PrepareConfig, partial: Path, dtype, progress: bool
     )
     with workers as pool:
         for source in config.sources:
-            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress)
+            others = {name: found for name, found in fingerprints.items() if name != source.name}
+            counts = _prepare_source(source, config, partial / source.name, dtype, pool, progress, others)
             if counts["train"]["tokens"] == 0:
                 raise ScratchError(f"source '{source.name}' gave no training tokens")
             if config.val_every and counts["val"]["documents"] == 0:
@@ -153,10 +154,10 @@ def _identity(config: PrepareConfig, tok_hash: str) -> dict:
     return {"tokenizer_hash": tok_hash, "config_hash": hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]}
 
 
-def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, pool, progress: bool) -> dict:
+def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, pool, progress: bool, others) -> dict:
     out.mkdir(parents=True)
     counts = {split: {"documents": 0, "tokens": 0, "bytes": 0} for split in ("train", "val")}
-    batches = _batches(source.values(), config.batch_documents)
+    batches = _batches(not_in(others, source.values(), source), config.batch_documents)
     jobs = ((source, batch) for batch in batches)
     bar = tqdm(desc=f"prepare {source.name}", unit=" docs", disable=not progress, total=source.max_documents)
     with bar, open(out / "train.bin", "wb") as train, open(out / "val.bin", "wb") as val:
@@ -172,6 +173,36 @@ def _prepare_source(source: Source, config: PrepareConfig, out: Path, dtype, poo
             bar.update(len(docs))
             bar.set_postfix(tokens=f"{counts['train']['tokens'] + counts['val']['tokens']:,}", refresh=False)
     return counts
+
+
+# Rows one source shares with another (a Hub config that samples another, FineWeb-Edu's sample-10BT inside
+# sample-100BT) are found by fingerprint: the first documents of every source, against every document of the
+# others as it is read. That catches any source holding a copy of another's start (a subset, a superset, the
+# same rows re-split) for the cost of a hash per document, without holding the hashes of a whole corpus.
+FINGERPRINTED = 1000
+
+
+def _fingerprint(value) -> bytes:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+def first_documents(source: Source) -> set[bytes]:
+    return {_fingerprint(value) for value in islice(source.values(), FINGERPRINTED)}
+
+
+def not_in(others: dict[str, set[bytes]], values, source: Source):
+    """The values, refusing the first one that is among another source's first documents."""
+    for index, value in enumerate(values):
+        digest = _fingerprint(value)
+        for name, found in others.items():
+            if digest in found:
+                raise ScratchError(
+                    f"sources '{source.name}' and '{name}' overlap: document {index} of '{source.name}' is also one "
+                    f"of the first {FINGERPRINTED} of '{name}' (the same rows, e.g. one Hub config sampling "
+                    "another): training would see them twice; keep one of the two sources"
+                )
+        yield value
 
 
 def _batches(values, size: int):

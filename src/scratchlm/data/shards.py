@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ScratchError
 from ..tokenization import tokenizer_hash
-from .prepare import MANIFEST_VERSION
+
+MANIFEST_VERSION = 1  # of manifest.json, which prepare.py writes
 
 
 @dataclass

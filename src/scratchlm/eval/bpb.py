@@ -17,6 +17,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from ..data.loader import document_positions
 from ..data.shards import TokenShards
 from ..model import ScratchForCausalLM
+from ..model.loss import default_chunk_tokens
 
 
 def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
@@ -31,7 +32,15 @@ def token_byte_lengths(tokenizer, vocab_size: int) -> torch.Tensor:
 
 
 def per_token_nats(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(hidden).flatten(0, 1).float(), labels.flatten(), reduction="none").view(labels.shape)
+    """Loss of every token, its logits made a chunk of tokens at a time (validation must not need more
+    memory than training, whose loss is chunked too)."""
+    flat, targets = hidden.flatten(0, -2), labels.flatten()
+    chunk = default_chunk_tokens(head.weight.shape[0])
+    nats = [
+        F.cross_entropy(head(flat[i : i + chunk]).float(), targets[i : i + chunk], reduction="none")
+        for i in range(0, len(targets), chunk)
+    ]
+    return torch.cat(nats).view(labels.shape)
 
 
 def token_nats(model, inputs: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None) -> torch.Tensor:
@@ -40,7 +49,7 @@ def token_nats(model, inputs: torch.Tensor, labels: torch.Tensor, position_ids: 
     if isinstance(getattr(model, "module", model), ScratchForCausalLM):
         return model(input_ids=inputs, labels=labels, position_ids=position_ids, loss_from_hidden=per_token_nats)
     logits = model(input_ids=inputs, position_ids=position_ids, use_cache=False).logits
-    return per_token_nats(logits, torch.nn.Identity(), labels)
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none").view(labels.shape)
 
 
 @torch.no_grad()

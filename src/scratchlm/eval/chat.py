@@ -44,6 +44,7 @@ def chat_replies(
     """(reply, whether the model ended its turn itself) for each conversation, greedy."""
     _require_template(tokenizer, "chat")
     model.eval()
+    device = next(model.parameters()).device
     end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
     stop_ids = [tokenizer.eos_token_id, end_of_turn]
     replies = []
@@ -53,8 +54,8 @@ def chat_replies(
             for c in conversations[start : start + batch_size]
         ]
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         output = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -95,8 +96,8 @@ def completion_logprobs(model, tokenizer, prompt: list[dict], reply: list[dict])
         raise ScratchError("the chat template renders the prompt differently inside a full conversation")
     end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
     last = max(i for i, t in enumerate(full) if t == end_of_turn)
-    ids = torch.tensor([full[: last + 1]])
-    logits = model(input_ids=ids).logits.float()
+    ids = torch.tensor([full[: last + 1]], device=next(model.parameters()).device)
+    logits = model(input_ids=ids, use_cache=False).logits.float()
     targets = ids[0, len(prompt_ids) :]
     scores = F.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)
     return scores.gather(1, targets[:, None]).sum().item()

@@ -183,10 +183,10 @@ def score_after_prefix(model, sequences, indices, prefix, batch_size, device) ->
     results = {}
     for first in range(0, len(indices), batch_size):
         chosen = indices[first : first + batch_size]
-        cache = copy.deepcopy(head.past_key_values)
+        cache = copy.deepcopy(head.cache)
         cache.batch_repeat_interleave(len(chosen))
         ids = padded([sequences[i].tokens[prefix:] for i in chosen], device)
-        logits = model(input_ids=ids, past_key_values=cache).logits
+        logits = model(input_ids=ids, cache=cache).logits
         for row, index in enumerate(chosen):
             s = sequences[index]
             # Row 0 of `predicting` is position prefix - 1, which predicts token prefix.

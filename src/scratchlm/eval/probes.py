@@ -11,14 +11,15 @@ from ..errors import ScratchError
 def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> dict:
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct, examples = [], []
     for first in range(0, len(rows), batch_size):
         batch = rows[first : first + batch_size]
         prompts = [tokenizer.encode(r["prompt"]) for r in batch]
         fulls = [tokenizer.encode(r["prompt"] + r["answer"]) for r in batch]
         width = max(len(f) for f in fulls)
-        ids = torch.tensor([f + [tokenizer.pad_token_id] * (width - len(f)) for f in fulls])
-        predicted = model(input_ids=ids).logits.argmax(-1)
+        ids = torch.tensor([f + [tokenizer.pad_token_id] * (width - len(f)) for f in fulls], device=device)
+        predicted = model(input_ids=ids, use_cache=False).logits.argmax(-1)
         for row, (prompt, full) in enumerate(zip(prompts, fulls, strict=True)):
             if full[: len(prompt)] != prompt:
                 raise ScratchError(f"probe {batch[row]['prompt']!r} does not tokenize as a prefix of its answer")

@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -52,9 +53,15 @@ def flash_attention_works() -> bool:
         return False
 
 
-def evaluation_dtype() -> torch.dtype:
-    """Evaluation runs in bf16 on a GPU (every attention backend takes it) and in fp32 on a CPU."""
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+def load_for_evaluation(model_dir: str | Path, with_tokenizer: bool = True, device=None):
+    """(model, tokenizer) ready to evaluate (a model directory or a training checkpoint): on a GPU in bf16
+    (every attention backend takes it), on a CPU in fp32; says which, since the numbers differ a little."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model, tokenizer = load_model_from(model_dir, with_tokenizer=with_tokenizer)
+    model = model.to(device, dtype).eval()
+    print(f"scratchlm: {model_dir} on {device.type} in {str(dtype).removeprefix('torch.')}", file=sys.stderr)
+    return model, tokenizer
 
 
 def init_model(config: ScratchConfig, out_dir: str | Path, tokenizer_dir: str | Path | None, seed: int = 0):

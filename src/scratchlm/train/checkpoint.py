@@ -147,18 +147,31 @@ def resume_point(run: RunDir, world) -> Path | None:
 
 
 def newest_intact(run: RunDir) -> Path | None:
-    """The newest complete checkpoint whose files match their checksums; damaged ones are moved aside, loudly."""
-    for path in reversed(run.complete_checkpoints()):
-        damaged = damaged_files(path)
-        if not damaged:
-            return path
-        aside = path.with_name(path.name + ".damaged")
-        os.replace(path, aside)
-        print(
-            f"warning: checkpoint {path} is damaged ({', '.join(damaged[:3])} differ from its COMPLETE "
-            f"manifest); moved aside to {aside.name}; resuming from the checkpoint before it, if any"
-        )
-    return None
+    """The newest finished checkpoint whose files match their manifest. Damaged ones newer than it are named
+    and moved aside (kept, not deleted); when none is intact the run is refused rather than started over."""
+    sealed = run.sealed_checkpoints()
+    damaged = {}
+    for path in reversed(sealed):
+        damaged[path] = damaged_files(path)
+        if not damaged[path]:
+            break
+    else:
+        if damaged:
+            listing = "; ".join(f"{p.name}: {', '.join(files[:3])}" for p, files in damaged.items())
+            raise ScratchError(
+                f"every checkpoint in {run.checkpoints} is damaged (files that differ from their COMPLETE manifest: "
+                f"{listing}); move them away to start over, or restore them"
+            )
+        return None
+    for path, files in damaged.items():
+        if files:
+            aside = path.with_name(path.name + ".damaged")
+            os.replace(path, aside)
+            print(
+                f"warning: checkpoint {path} is damaged ({', '.join(files[:3])} differ from its COMPLETE manifest); "
+                f"moved aside to {aside.name}; resuming from the checkpoint before it"
+            )
+    return path
 
 
 def prune_checkpoints(run: RunDir, keep_last: int, keep_steps: set[int]) -> list[Path]:

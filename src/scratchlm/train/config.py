@@ -22,6 +22,7 @@ from ..hub import HUB_PREFIX, parse_repo_spec
 from .plan import Plan, resolve_plan
 
 SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def key(default, help: str):
@@ -112,8 +113,12 @@ class PretrainConfig:
     # Speed and memory
     bf16: bool | None = key(None, "bf16 mixed precision (default: on when the GPU supports it; never on a CPU)")
     gradient_checkpointing: bool = key(False, "recompute each decoder layer in backward: less memory, slower")
-    torch_compile: bool = key(False, "compile every decoder block (one graph serves all of them)")
-    attn_implementation: str = key(
+    gradient_checkpointing_policy: Annotated[str, one_of("full", "selective")] = key(
+        "full", "full: keep layer inputs only; selective: keep matmul and attention outputs, recompute the rest"
+    )
+    torch_compile: bool = key(False, "compile every decoder block (one graph serves all of them) and the loss")
+    torch_compile_backend: str = key("inductor", "torch.compile's backend (aot_eager: compiles fast, runs eager)")
+    attn_implementation: Annotated[str, one_of("", *ATTENTION)] = key(
         "", "sdpa, eager, flex_attention or flash_attention_2 ('': flex_attention on a GPU with document masking)"
     )
     reshard_after_forward: bool | None = key(
@@ -213,6 +218,13 @@ class PretrainConfig:
                     parse_repo_spec(spec)
             except ScratchError as err:
                 found.append(f"'{name}': {err}")
+        flash = self.attn_implementation == "flash_attention_2"
+        if self.document_masking and flash and self.per_device_train_batch_size > 1:
+            found.append(
+                "document_masking with attn_implementation flash_attention_2 needs per_device_train_batch_size 1: "
+                "transformers finds packed documents for flash-attn only at batch size 1; use flex_attention (as "
+                "fast, with a block mask) or sdpa"
+            )
         if self.gradient_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true":
             found.append(
                 "gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing are both on; use one"

@@ -14,9 +14,7 @@ import torch
 import yaml
 
 from ..config import read_yaml
-from ..data.default import write_default
 from ..data.loader import WindowLoader
-from ..data.prepare import prepare, read_prepare_config
 from ..data.shards import TokenShards
 from ..errors import ScratchError
 from ..hub import CheckpointUploader, check_write_access, resolve_model_source
@@ -25,13 +23,15 @@ from ..model.bitnet import bitnet_stats
 from ..model.card import write_model_card
 from ..model.files import attention_backend, export_model, load_model_from
 from ..model.info import model_stats
+from ..model.loss import liger_loss
 from ..model.presets import build_config
 from ..run_dir import RunDir, RunLock
 from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
 from .checkpoint import Checkpointer, resume_point
 from .config import PretrainConfig
 from .evaluate import Evaluator
-from .hardware import describe_hardware, prepare_environment
+from .hardware import check_first_collective, describe_hardware, prepare_environment
+from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
@@ -182,6 +182,7 @@ class StopRequest:
 def setup(config: PretrainConfig) -> Training:
     prepare_environment()
     world = start_world()
+    check_first_collective(world)
     run = RunDir(config.output_dir)
     lock = take_lock(run, world)
     bf16 = config.bf16 if config.bf16 is not None else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -200,6 +201,8 @@ def setup(config: PretrainConfig) -> Training:
     seq_len = check_seq_len(config, model_config)
     stats = model_stats(model_config, seq_len)
     plan = config.plan(stats, seq_len, world.size)
+    if world.device.type == "cuda":
+        check_memory(config, model_config, plan, bf16, world)
     model = wrap_model(model, world, config, bf16)
     optimizer = build_optimizer(unwrapped(model), config)  # after sharding: FSDP2 replaces the parameters
     loader = WindowLoader(shards, seq_len, plan.micro_batch, world.rank, world.size, config.seed)
@@ -265,13 +268,28 @@ def take_lock(run: RunDir, world: World) -> RunLock:
     return lock
 
 
+def check_memory(config: PretrainConfig, model_config, plan, bf16: bool, world: World) -> None:
+    """This GPU's memory next to the run's per-GPU estimate, before any of it is spent: a run that cannot fit
+    is refused now, with settings of the same tokens per step that would (train/memory.py)."""
+    device = torch.cuda.get_device_properties(world.device)
+    loss = "liger" if liger_loss(world.device) else "chunked"
+    setup = setup_for_run(config, model_config, plan, bf16=bf16, sharded=world.fsdp,
+                          attention=model_config._attn_implementation, loss=loss)  # fmt: skip
+    estimate = check_fits(setup, device.total_memory, device.name, tokens_per_step=bool(config.tokens_per_step))
+    print_main(world, describe_estimate(estimate, device.total_memory, f" ({device.name})"))
+
+
 def print_main(world: World, message: str) -> None:
     if world.main:
         print(message, flush=True)
 
 
 def prepare_data(config: PretrainConfig) -> None:
-    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards."""
+    """Make what the run reads if it is absent: the embedded default, the tokenizer, the shards. (Imported
+    here: `datasets` is needed only to prepare data, and a GPU machine may hold shards and no `datasets`.)"""
+    from ..data.default import write_default
+    from ..data.prepare import prepare, read_prepare_config
+
     if config.default_data and not (Path(config.default_data) / "probes.jsonl").is_file():
         write_default(config.default_data)
     if not config.data_config:
@@ -307,6 +325,8 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     model_config.eos_token_id = tokenizer.eos_token_id
     model_config.pad_token_id = tokenizer.pad_token_id
     model_config._attn_implementation = config.attn_implementation or attention_backend(config.document_masking)
+    if model_config._attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise ScratchError("attn_implementation flex_attention trains only on a GPU (torch has no CPU backward for it)")
     if model is None:
         model = ScratchForCausalLM(model_config)
     model.config._attn_implementation = model_config._attn_implementation

@@ -15,6 +15,7 @@ GPUs run is the code CPU processes (gloo) run in tests:
 """
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -75,9 +76,11 @@ def start_world(timeout_minutes: float = 30) -> World:
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if (size > 1 or fsdp) and not dist.is_initialized():  # FSDP2 shards over a process group, even of one
+        for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(name, value)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
     if fsdp and os.environ.get("FSDP_VERSION", "2") != "2":
         raise ScratchError(
             "the accelerate config asks for FSDP version 1: scratchlm shards with FSDP2 (fsdp_version: 2)"
@@ -101,11 +104,10 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
     Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it."""
     model.to(world.device)
     if config.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        checkpoint_layers(model, config.gradient_checkpointing_policy)
     if config.torch_compile:
         for layer in model.model.layers:
-            layer.compile()  # in place: parameter names (and so checkpoints) stay as they are
+            layer.compile(backend=config.torch_compile_backend)  # in place: parameter names (and checkpoints) stay
     if world.fsdp:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
@@ -122,6 +124,36 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
         device_ids = [world.local_rank] if world.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     return model
+
+
+def checkpoint_layers(model: nn.Module, policy: str = "full") -> None:
+    """Activation checkpointing per decoder layer, non-reentrant (transformers' own mechanism, under the name
+    of the installed version: activation_checkpointing_enable from 5.23, gradient_checkpointing_enable before).
+    "full" keeps each layer's input and recomputes the layer in backward; "selective" keeps the outputs of its
+    matmuls and attention too and recomputes only the cheap rest (norms, activations, casts, RoPE)."""
+    kwargs = {"use_reentrant": False}
+    if policy == "selective":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _keep_matmul_outputs)
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(kwargs)
+
+
+def _keep_matmul_outputs(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_aten = torch.ops.aten
+_EXPENSIVE_OPS = {
+    _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
+    *(getattr(_aten, name).default for name in (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+        "_flash_attention_forward", "_efficient_attention_forward") if hasattr(_aten, name)),
+}  # fmt: skip
 
 
 def unwrapped(model: nn.Module) -> nn.Module:

@@ -5,19 +5,79 @@ tokens, FLOPs (FLOPs/token × tokens) or tokens per parameter; whichever is give
 """
 
 import math
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 
 from ..errors import ScratchError
 
-# Dense bf16 peaks, and the MFU a planner assumes without a measured tok/s. The MFUs are what the
-# seeds measured: 2×RTX 4090 with FSDP and activation checkpointing ran a 1B model at ~19,000 tok/s
-# (~40%); one A100 without checkpointing, compiled, at 28,300 tok/s (~60%; 50% assumed).
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class GpuProfile:
+    name: str
+    peak_tflops: float  # dense bf16 with fp32 accumulate
+    memory_gib: float  # total memory as torch.cuda.get_device_properties reports it
+    mfu: float  # what the planner assumes without a measured tok/s
+    pattern: str  # matches torch.cuda.get_device_name() of this GPU
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * GIB)
+
+
+# Peaks: NVIDIA's datasheets and whitepapers, dense (half the "with sparsity" figure), bf16 inputs
+# with fp32 accumulation (GeForce cards run that at half their fp16-accumulate rate):
+#   RTX 3060: 112 third-gen tensor cores at 1.777 GHz boost, 512 dense FLOP/clock per SM with fp32
+#     accumulate (GA10x: RTX 3090's 71 TFLOPS / 82 SMs / 1.695 GHz) x 28 SMs = 25.4 TFLOPS;
+#   RTX 4090: Ada Lovelace whitepaper, 165.2 TFLOPS (330.3 with fp16 accumulate);
+#   A100 (SXM4 and PCIe, 40 and 80 GB): A100 datasheet, 312 TFLOPS;
+#   H100 SXM 989.4, H100 PCIe 756.5, H100 NVL 835.5 TFLOPS: H100 datasheet (1,979 / 1,513 / 1,671
+#     with sparsity); H200 (SXM) 989.4: H200 datasheet, the H100 SXM's tensor cores.
+# Memory: what torch reports as total (CUDA out-of-memory messages show it: 11.76 GiB on a 12 GB
+# RTX 3060, 23.65 GiB on an RTX 4090, 39.59 / 79.15 GiB on A100 40/80 GB); Hopper from nvidia-smi's
+# total (81,559 MiB for H100 80 GB, 95,830 for H100 NVL, 143,771 for the H200 we test on) less the
+# same ~0.5 GiB. The start-up check uses the running device's own total, not these.
+# MFUs are what the seeds measured: 2x RTX 4090 with FSDP and activation checkpointing ran a 1B
+# model at ~19,000 tok/s (~40%); one A100 without checkpointing, compiled, at 28,300 tok/s (~60%;
+# 50% assumed); 40% elsewhere.
 GPUS = {
-    "4090": {"name": "RTX 4090", "peak_tflops": 165.0, "mfu": 0.40},
-    "a100": {"name": "A100", "peak_tflops": 312.0, "mfu": 0.50},
-    "h100": {"name": "H100", "peak_tflops": 989.0, "mfu": 0.40},
-    "h200": {"name": "H200", "peak_tflops": 989.0, "mfu": 0.40},
+    "3060": GpuProfile("RTX 3060 12GB", 25.4, 11.76, 0.40, r"RTX 3060(?! Ti)"),
+    "4090": GpuProfile("RTX 4090", 165.2, 23.65, 0.40, r"RTX 4090"),
+    "a100-40gb": GpuProfile("A100 40GB", 312.0, 39.59, 0.50, r"A100"),
+    "a100-80gb": GpuProfile("A100 80GB", 312.0, 79.15, 0.50, r"A100"),
+    "h100-pcie": GpuProfile("H100 PCIe", 756.5, 79.1, 0.40, r"H100 PCIe"),
+    "h100-sxm": GpuProfile("H100 SXM", 989.4, 79.1, 0.40, r"H100(?! PCIe| NVL)"),
+    "h100-nvl": GpuProfile("H100 NVL", 835.5, 93.1, 0.40, r"H100 NVL"),
+    "h200": GpuProfile("H200", 989.4, 139.9, 0.40, r"H200(?! NVL)"),
 }
+GPU_ALIASES = {"a100": "a100-80gb", "h100": "h100-sxm"}
+
+
+def gpu_profile(key: str) -> GpuProfile:
+    profile = GPUS.get(GPU_ALIASES.get(key, key))
+    if profile is None:
+        raise ScratchError(f"unknown GPU '{key}'; known: {', '.join([*GPUS, *GPU_ALIASES])}")
+    return profile
+
+
+def device_profile(device_name: str, total_memory: int) -> GpuProfile:
+    """The profile of a running CUDA device (torch.cuda.get_device_name() and its total memory): the
+    matching profile nearest in memory, with the device's own memory; peak 0 when unknown (MFU is then
+    not reported)."""
+    matches = [p for p in GPUS.values() if re.search(p.pattern, device_name)]
+    memory = total_memory / GIB
+    if not matches:
+        return GpuProfile(device_name, 0.0, memory, 0.40, re.escape(device_name))
+    return replace(min(matches, key=lambda p: abs(p.memory_gib - memory)), memory_gib=memory)
+
+
+def peak_flops_of(device_name: str) -> float:
+    """Dense bf16 peak FLOP/s of a CUDA device by name, 0 when unknown (MFU is then not reported)."""
+    for profile in GPUS.values():
+        if re.search(profile.pattern, device_name):
+            return profile.peak_tflops * 1e12
+    return 0.0
 
 
 @dataclass
@@ -90,15 +150,13 @@ def resolve_plan(
 def estimate_time_and_cost(
     plan: Plan, gpu: str, num_gpus: int, tok_per_s: float = 0, usd_per_gpu_hour: float = 0, mfu: float = 0
 ) -> dict:
-    if gpu not in GPUS:
-        raise ScratchError(f"unknown GPU '{gpu}'; known: {', '.join(GPUS)}")
-    spec = GPUS[gpu]
-    mfu = mfu or spec["mfu"]
-    source = "measured" if tok_per_s else f"{spec['name']} peak {spec['peak_tflops']:.0f} TFLOP/s at {mfu:.0%} MFU"
-    tok_per_s = tok_per_s or num_gpus * spec["peak_tflops"] * 1e12 * mfu / plan.flops_per_token
+    spec = gpu_profile(gpu)
+    mfu = mfu or spec.mfu
+    source = "measured" if tok_per_s else f"{spec.name} peak {spec.peak_tflops:.0f} TFLOP/s at {mfu:.0%} MFU"
+    tok_per_s = tok_per_s or num_gpus * spec.peak_tflops * 1e12 * mfu / plan.flops_per_token
     hours = plan.tokens / tok_per_s / 3600
     return {
-        "gpu": spec["name"],
+        "gpu": spec.name,
         "num_gpus": num_gpus,
         "tok_per_s": round(tok_per_s),
         "tok_per_s_from": source,
@@ -106,11 +164,3 @@ def estimate_time_and_cost(
         "usd_per_gpu_hour": usd_per_gpu_hour,
         "cost_usd": round(hours * num_gpus * usd_per_gpu_hour, 2),
     }
-
-
-def peak_flops_of(device_name: str) -> float:
-    """Dense bf16 peak FLOP/s of a CUDA device by name, 0 when unknown (MFU is then not reported)."""
-    for key, spec in GPUS.items():
-        if key.upper() in device_name.upper():
-            return spec["peak_tflops"] * 1e12
-    return 0.0

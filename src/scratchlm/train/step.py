@@ -4,9 +4,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ScratchError
+from ..model.loss import lm_loss
 from .parallel import World, autocast, clip_grad_norm, gradient_sync
 
 
@@ -20,36 +20,37 @@ class StepResult:
     first_inputs: torch.Tensor  # this rank's first micro-batch (BitNet's statistics look at it)
 
 
-def full_logits_loss(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every token, from logits made in one piece (in fp32)."""
-    return F.cross_entropy(head(hidden).flatten(0, 1).float(), labels.flatten())
+def training_loss(config):
+    """The loss from the final hidden states (chunked: no micro-batch's worth of logits), compiled with the
+    decoder blocks when they are."""
+    return torch.compile(lm_loss, backend=config.torch_compile_backend) if config.torch_compile else lm_loss
 
 
 class Stepper:
     def __init__(self, model, optimizer, loader, accumulation: int, world: World, bf16: bool, config, loss_fn=None):
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.accumulation, self.world, self.bf16, self.config = accumulation, world, bf16, config
-        self.loss_fn = loss_fn or full_logits_loss
+        self.loss_fn = loss_fn or training_loss(config)
         self.max_norm = config.max_grad_norm or math.inf
 
     def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
         """Optimizer step `number` (1-based); `last_good()` names the checkpoint to go back to when the loss
         is not finite."""
-        device = self.world.device
-        loss_sum = torch.zeros((), device=device)
-        checksum, first = 0, None
-        for micro in range(self.accumulation):
-            batch = next(self.loader)
-            checksum += window_checksum(batch["window_ids"])
-            inputs = batch["input_ids"].to(device, non_blocking=True)
-            kwargs = {"labels": batch["labels"].to(device, non_blocking=True), "loss_from_hidden": self.loss_fn}
+        loss_sum = torch.zeros((), device=self.world.device)
+        # The step's micro-batches are taken (and copied to the GPU, pinned and non-blocking) before any
+        # compute is queued: no host synchronisation inside the loop, and the loader's position is exactly
+        # what the step consumed, for the checkpoint.
+        batches = [next(self.loader) for _ in range(self.accumulation)]
+        checksum = sum(window_checksum(b["window_ids"]) for b in batches)
+        batches = [self.on_device(b) for b in batches]
+        for micro, batch in enumerate(batches):
+            kwargs = {"labels": batch["labels"], "loss_from_hidden": self.loss_fn}
             if self.config.document_masking:
-                kwargs["position_ids"] = batch["position_ids"].to(device, non_blocking=True)
+                kwargs["position_ids"] = batch["position_ids"]
             with gradient_sync(self.model, micro == self.accumulation - 1), autocast(self.world, self.bf16):
-                loss = self.model(input_ids=inputs, **kwargs)
+                loss = self.model(input_ids=batch["input_ids"], **kwargs)
             (loss / self.accumulation).backward()
             loss_sum += loss.detach()
-            first = inputs if first is None else first
             del loss  # nothing of this micro-batch's graph outlives it
         grad_norm = clip_grad_norm(self.model, self.max_norm)
         # One collective for everything the ranks must agree on.
@@ -65,7 +66,13 @@ class Stepper:
                 "optimizer step; "
                 f"last good checkpoint: {last_good() or 'none yet'}"
             )
-        return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, first)
+        return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, batches[0]["input_ids"])
+
+    def on_device(self, batch: dict) -> dict:
+        device = self.world.device
+        if device.type != "cuda":
+            return batch
+        return {k: v if k == "window_ids" else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def window_checksum(window_ids: torch.Tensor) -> int:
