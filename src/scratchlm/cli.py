@@ -137,9 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(run=run_pull)
 
     for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
-        commands.add_parser(
-            stage, help=f"trl {stage} --config RECIPE: checked first, resumed if killed, laid out like a run after"
-        )
+        commands.add_parser(stage, help=f"trl {stage} --config RECIPE: checked first, resumable, laid out like a run")
 
     evaluate = commands.add_parser("eval", help="evaluate a model directory")
     eval_commands = evaluate.add_subparsers(required=True, metavar="WHAT")
