@@ -114,3 +114,37 @@ def test_every_step_evaluation_and_sample_is_recorded_once_across_kills(tmp_path
     evals = {m["step"]: m["val_loss"] for m in RunDir(tmp_path / "straight" / "run").metrics() if "val_loss" in m}
     assert evals == {m["step"]: m["val_loss"] for m in run.metrics() if "val_loss" in m}
     shutil.rmtree(tmp_path / "straight")
+
+
+INSIDE_A_FULL_DISK = textwrap.dedent(
+    """
+    set -e
+    mount -t tmpfs -o size={size} tmpfs {out}
+    set +e
+    {python} {script} --config {config}
+    echo "exit $?"
+    {python} -c "import json, sys; from scratchlm.run_dir import RunDir, damaged_files; run = RunDir('{out}/run'); \\
+    print(json.dumps([[p.name, damaged_files(p)] for p in run.complete_checkpoints()]))"
+    ls {out}/run/checkpoints
+    """
+)
+
+
+def test_a_full_disk_names_the_last_good_checkpoint_and_keeps_it(tmp_path, shards_dir):
+    """A real ENOSPC: the run directory on a 2.5 MB tmpfs (in a mount namespace of its own) holds one checkpoint."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+        raise AssertionError("this test needs `unshare -m` (util-linux) and the right to mount a tmpfs")
+    out = tmp_path / "disk"
+    out.mkdir()
+    config = small_run(tmp_path, shards_dir, output_dir=str(out / "run"), max_steps=8, save_steps=2, save_total_limit=5)
+    script = INSIDE_A_FULL_DISK.format(size="2500k", out=out, python=sys.executable, config=config,
+                                       script=REPO / "recipes" / "pretrain.py")  # fmt: skip
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    lines = result.stdout.splitlines()
+    assert "exit 2" in lines, result.stdout[-2000:] + result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")][-1]
+    assert "cannot write checkpoint step_00000004 in " in error and "no space left on the device" in error
+    assert "the last good checkpoint is " in error and "step_00000002 (intact)" in error
+    complete = json.loads(lines[lines.index("exit 2") + 1])
+    assert complete == [["step_00000002", []]]  # whole, every checksum right
+    assert lines[lines.index("exit 2") + 2 :] == ["step_00000002"]  # no half-written folder left

@@ -15,7 +15,6 @@ from scratchlm.model.info import model_stats
 from scratchlm.model.presets import build_config
 from scratchlm.train.config import parse_pretrain_args
 from scratchlm.train.hardware import nccl_settings
-from scratchlm.train.schedule import Schedule
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/pretrain.yaml"))
@@ -76,29 +75,6 @@ def test_nccl_settings_follow_the_machine():
     assert nccl_settings(no_peer, infiniband=False, env={}) == {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}
     assert nccl_settings({(0, 1): True, (1, 0): True}, infiniband=True, env={}) == {}
     assert nccl_settings(no_peer, infiniband=True, env={"NCCL_P2P_DISABLE": "0"}) == {}  # the user's choice stands
-
-
-def test_schedules():
-    cosine = Schedule("cosine", 1e-3, 1e-4, warmup_steps=10, total_steps=111, weight_decay=0.1)
-    assert cosine.lr(0) == pytest.approx(1e-4) and cosine.lr(9) == pytest.approx(1e-3)
-    assert cosine.lr(60) == pytest.approx(5.5e-4) and cosine.lr(110) == pytest.approx(1e-4)
-    wsd = Schedule("wsd", 1e-3, 0.0, warmup_steps=0, total_steps=100, weight_decay=0.1, decay_fraction=0.2)
-    assert wsd.lr(79) == 1e-3 and wsd.lr(80) == 1e-3 and wsd.lr(99) == 0.0 and wsd.phase(85) == "decay"
-    two = Schedule(
-        "two_stage",
-        1.5e-3,
-        1.5e-5,
-        warmup_steps=375,
-        total_steps=400_000,
-        weight_decay=0.1,
-        stage_boundary=200_000,
-        stage1_final_lr=1e-3,
-        stage2_weight_decay=0.0,
-    )
-    assert two.lr(374) == pytest.approx(1.5e-3) and two.lr(199_999) == pytest.approx(1e-3)
-    assert two.lr(399_999) == pytest.approx(1.5e-5)
-    assert (two.weight_decay_at(199_999), two.weight_decay_at(200_000)) == (0.1, 0.0)
-    assert two.forced_checkpoints() == {199_999, 200_000}
 
 
 def test_planner_reproduces_the_genesis_numbers(capsys):

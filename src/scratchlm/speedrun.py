@@ -1,4 +1,4 @@
-"""`scratchlm speedrun [--out DIR] [--recipe recipes/tiny]`: every stage of a recipe, one command.
+"""`scratchlm speedrun [--out DIR] [--recipe recipes/tiny]`: every step of a recipe, one command.
 
 It runs the commands a user would type, in order, in DIR (default: here), each as its own process:
 the embedded default corpus, the tokenizer, the shards, `accelerate launch recipes/pretrain.py` for
@@ -6,9 +6,9 @@ pretraining and midtraining, `scratchlm sft|dpo` around `trl sft|dpo`, the evalu
 probes, chat, preference), then the report and one chat exchange. With --out elsewhere, the recipe
 and recipes/pretrain.py are copied into DIR/recipes/ first, so the recipe's relative paths land there.
 
-DIR/speedrun.json records each finished stage and its wall time: a re-run skips finished stages, and
-the interrupted one resumes: each stage's own command does, run again (pretraining from its newest
-checkpoint, `scratchlm sft|dpo` from their newest complete checkpoint-N).
+DIR/speedrun.json records each finished step and its wall time: a re-run skips finished steps, and
+the interrupted one resumes: its own command does, run again (pretraining from its newest checkpoint,
+`scratchlm sft|dpo` from their newest complete checkpoint-N).
 """
 
 import json
@@ -38,26 +38,26 @@ def speedrun(out: str | Path, recipe: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     recipe = workspace(out, recipe)
     os.chdir(out)  # the recipe's paths are relative to the directory holding recipes/
-    stages, runs, data = plan_stages(recipe)
+    steps, runs, data = plan_steps(recipe)
     state = read_state(out)
-    for number, (name, commands) in enumerate(stages, 1):
+    for number, (name, commands) in enumerate(steps, 1):
         if name in state:
-            print(f"[{number}/{len(stages)}] {name}: finished by an earlier run in {state[name]:.0f} s, skipped")
+            print(f"[{number}/{len(steps)}] {name}: finished by an earlier run in {state[name]:.0f} s, skipped")
             continue
-        print(f"[{number}/{len(stages)}] {name}", flush=True)
+        print(f"[{number}/{len(steps)}] {name}", flush=True)
         start = time.perf_counter()
         for command in commands:
             print(f"  $ {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
             if subprocess.run(command).returncode != 0:
                 raise ScratchError(
-                    f"speedrun stage '{name}' failed (its messages are above); fix the cause and run the same "
-                    f"command again: finished stages are skipped and '{name}' resumes"
+                    f"speedrun step '{name}' failed (its messages are above); fix the cause and run the same "
+                    f"command again: finished steps are skipped and '{name}' resumes"
                 )
         state[name] = round(time.perf_counter() - start, 1)
         write_state(out, state)
     report = build_report(list(runs.values()), out, pipeline=state)
     print_exchange(Path(runs["dpo"]) / "export", data / "chat" / "test.jsonl")
-    print(f"speedrun: {sum(state.values()):.0f} s of stages; report: {report}")
+    print(f"speedrun: {sum(state.values()):.0f} s of steps; report: {report}")
     return report
 
 
@@ -86,8 +86,8 @@ def workspace(out: Path, recipe: Path) -> Path:
     return inside
 
 
-def plan_stages(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, Path]:
-    """The stages and their commands, the run directories, and the embedded default's directory."""
+def plan_steps(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, Path]:
+    """The steps and their commands, the pipeline stages' run directories, and the embedded default's directory."""
     pretrain = parse_pretrain_args(["--config", str(recipe / "pretrain.yaml")])
     midtrain = parse_pretrain_args(["--config", str(recipe / "midtrain.yaml")])
     sft, dpo = read_yaml(recipe / "sft.yaml"), read_yaml(recipe / "dpo.yaml")
@@ -101,7 +101,7 @@ def plan_stages(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, 
     vocab, chars = str(pretrain.tokenizer_vocab_size), str(pretrain.tokenizer_train_chars)
     tokenizer = [*scratchlm, "tokenizer", "train", "--input", *texts, "--out", data_config["tokenizer"],
                  "--vocab-size", vocab, "--max-chars", chars]  # fmt: skip
-    stages = [
+    steps = [
         ("corpus", [[*scratchlm, "data", "default", "--out", str(data)]]),
         ("tokenizer", [tokenizer]),
         ("shards", [[*scratchlm, "data", "prepare", "--config", pretrain.data_config, "--out", pretrain.data_dir]]),
@@ -111,7 +111,7 @@ def plan_stages(recipe: Path) -> tuple[list[tuple[str, list[list[str]]]], dict, 
         ("dpo", [[*scratchlm, "dpo", "--config", str(recipe / "dpo.yaml")]]),
         ("evals", eval_commands(scratchlm, runs, data, pretrain.core_max_per_task)),
     ]
-    return stages, runs, data
+    return steps, runs, data
 
 
 def eval_commands(scratchlm: list[str], runs: dict, data: Path, core_max_per_task: int) -> list[list[str]]:
@@ -133,7 +133,7 @@ def eval_commands(scratchlm: list[str], runs: dict, data: Path, core_max_per_tas
 
 
 def read_state(out: Path) -> dict:
-    """{finished stage: seconds it took}."""
+    """{finished step: seconds it took}."""
     path = out / STATE
     return json.loads(path.read_text()) if path.is_file() else {}
 

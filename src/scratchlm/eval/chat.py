@@ -44,7 +44,7 @@ def chat_replies(
     """(reply, whether the model ended its turn itself) for each conversation, greedy."""
     _require_template(tokenizer, "chat")
     model.eval()
-    device = next(model.parameters()).device
+    device = getattr(model, "device", torch.device("cpu"))  # a Hugging Face model's; a stand-in's CPU
     end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
     stop_ids = [tokenizer.eos_token_id, end_of_turn]
     replies = []
@@ -96,7 +96,7 @@ def completion_logprobs(model, tokenizer, prompt: list[dict], reply: list[dict])
         raise ScratchError("the chat template renders the prompt differently inside a full conversation")
     end_of_turn = tokenizer.convert_tokens_to_ids(IM_END)
     last = max(i for i, t in enumerate(full) if t == end_of_turn)
-    ids = torch.tensor([full[: last + 1]], device=next(model.parameters()).device)
+    ids = torch.tensor([full[: last + 1]], device=model.device)
     logits = model(input_ids=ids, use_cache=False).logits.float()
     targets = ids[0, len(prompt_ids) :]
     scores = F.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)

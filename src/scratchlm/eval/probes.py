@@ -11,7 +11,7 @@ from ..errors import ScratchError
 def probe_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 32) -> dict:
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     correct, examples = [], []
     for first in range(0, len(rows), batch_size):
         batch = rows[first : first + batch_size]

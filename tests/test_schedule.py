@@ -1,0 +1,42 @@
+"""The learning-rate and weight-decay schedules: pure functions of the step, so resumes are exact."""
+
+import pytest
+
+from scratchlm.train.schedule import Schedule
+
+
+def test_schedules():
+    cosine = Schedule("cosine", 1e-3, 1e-4, warmup_steps=10, total_steps=111, weight_decay=0.1)
+    assert cosine.lr(0) == pytest.approx(1e-4) and cosine.lr(9) == pytest.approx(1e-3)
+    assert cosine.lr(60) == pytest.approx(5.5e-4) and cosine.lr(110) == pytest.approx(1e-4)
+    wsd = Schedule("wsd", 1e-3, 0.0, warmup_steps=0, total_steps=100, weight_decay=0.1, decay_fraction=0.2)
+    assert wsd.lr(79) == 1e-3 and wsd.lr(80) == 1e-3 and wsd.lr(99) == 0.0 and wsd.phase(85) == "decay"
+    two = Schedule(
+        "two_stage",
+        1.5e-3,
+        1.5e-5,
+        warmup_steps=375,
+        total_steps=400_000,
+        weight_decay=0.1,
+        stage_boundary=200_000,
+        stage1_final_lr=1e-3,
+        stage2_weight_decay=0.0,
+    )
+    assert two.lr(374) == pytest.approx(1.5e-3) and two.lr(199_999) == pytest.approx(1e-3)
+    assert two.lr(399_999) == pytest.approx(1.5e-5)
+    assert (two.weight_decay_at(199_999), two.weight_decay_at(200_000)) == (0.1, 0.0)
+    assert two.forced_checkpoints() == {199_999, 200_000}
+
+
+def test_every_step_of_a_schedule_is_a_function_of_the_step_alone():
+    """A resumed run rebuilds the schedule from its config and horizon: the same value at every step."""
+    kwargs = {"warmup_steps": 5, "total_steps": 50, "weight_decay": 0.1}
+    for kind in ("cosine", "wsd", "constant"):
+        first, again = Schedule(kind, 1e-3, 1e-4, **kwargs), Schedule(kind, 1e-3, 1e-4, **kwargs)
+        assert [first.lr(s) for s in range(50)] == [again.lr(s) for s in range(50)]
+        assert max(first.lr(s) for s in range(50)) == pytest.approx(1e-3)
+        assert all(first.lr(s) <= first.lr(s - 1) + 1e-12 for s in range(6, 50))  # never rises after warmup
+    cosine = Schedule("cosine", 1e-3, 1e-4, **kwargs)
+    assert [cosine.phase(s) for s in (0, 4, 5, 49)] == ["warmup", "warmup", "decay", "decay"]
+    assert Schedule("constant", 1e-3, 0.0, **kwargs).lr(49) == 1e-3
+    assert cosine.forced_checkpoints() == set()  # only two_stage forces any
