@@ -94,16 +94,13 @@ def test_chat_eval_scores_answers_and_stops(sft_run, default_dir):
     assert result["n"] == 6 and 0 <= result["chat_accuracy"] <= 1 and 0 <= result["stop_rate"] <= 1
 
     # A model that parrots the expected answer and stops is scored 1.0 on both.
-    import torch
-
     class Parrot:
         def eval(self):
             return self
 
-        def parameters(self):  # where chat_replies puts the prompts: the CPU
-            return iter([torch.zeros(1)])
-
         def generate(self, input_ids, **kwargs):
+            import torch
+
             replies = [tokenizer(f" {r['answer']}.<|im_end|>", add_special_tokens=False).input_ids for r in rows]
             width = max(len(r) for r in replies)
             padded = [r + [tokenizer.pad_token_id] * (width - len(r)) for r in replies]
