@@ -1,6 +1,11 @@
 """Post-training as users run it: `scratchlm sft|dpo --config` around the real `trl sft|dpo` CLI."""
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +15,8 @@ from transformers import AutoTokenizer
 from scratchlm.cli import main
 from scratchlm.eval.chat import chat_eval, preference_eval, read_rows
 from scratchlm.model.files import load_model
-from scratchlm.run_dir import RunDir, read_jsonl
+from scratchlm.posttrain import command_path
+from scratchlm.run_dir import RunDir, checkpoint_step, read_jsonl
 from scratchlm.train.status import summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +113,7 @@ def test_chat_eval_scores_answers_and_stops(sft_run, default_dir):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("no_messages", "has no column 'messages' (columns: text); sft needs messages"),
+        ("no_messages", "Column name ['messages'] not in the dataset. Columns in the dataset: ['text']"),
         ("not_exported", "is not an exported model directory"),
         ("no_template", "has no chat template"),
         ("no_generation_tag", "assistant_only_loss needs {% generation %}"),
@@ -136,10 +142,13 @@ def test_sft_bad_input_fails_before_training(tmp_path, capsys, small_model_dir, 
     assert not (tmp_path / "sft").exists()  # TRL never started
 
 
-def test_dpo_needs_preference_columns(tmp_path, capsys, small_model_dir, default_dir):
-    config = recipe(tmp_path, "dpo", small_model_dir, default_dir / "chat" / "train.jsonl")
+def test_dpo_refuses_conversations_without_preferences(tmp_path, capsys, small_model_dir, default_dir):
+    data = default_dir / "chat" / "train.jsonl"
+    config = recipe(tmp_path, "dpo", small_model_dir, data)
     assert main(["dpo", "--config", str(config)]) == 2
-    assert "has no column 'prompt', 'chosen', 'rejected' (columns: messages)" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"dataset {data} split train, row 0 (from 0): TRL's dpo preparation fails on it: KeyError: 'chosen'" in error
+    assert "(its fields: messages: 2 messages: user, assistant)" in error and "the next rows fail alone too" in error
 
 
 def test_recipes_name_the_previous_stage_export():
@@ -179,3 +188,43 @@ def test_lora_sft_merges_the_adapter_into_the_export(tmp_path, small_model_dir, 
     ids = torch.tensor([[0, 5, 9, 200]])
     with torch.no_grad():
         assert not torch.allclose(merged(ids).logits, base(ids).logits)  # the adapter's training is in it
+
+
+def test_the_same_command_after_kill_9_resumes_from_the_newest_checkpoint(tmp_path, small_model_dir, default_dir):
+    data = default_dir / "chat" / "train.jsonl"
+    # Every checkpoint kept (no save_total_limit), so the one resumed from can be seen untouched afterwards.
+    config = recipe(tmp_path, "sft", small_model_dir, data, max_steps=12, save_steps=4, logging_steps=1,
+                    gradient_accumulation_steps=1, save_total_limit=None, max_length=128)  # fmt: skip
+    command, run = [command_path("scratchlm"), "sft", "--config", str(config)], RunDir(tmp_path / "sft")
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        killed = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while run.latest_trl_checkpoint() is None:
+            assert killed.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)  # scratchlm, trl, accelerate and the training process
+        killed.wait()
+    latest = run.latest_trl_checkpoint()
+    assert checkpoint_step(latest) < 12 and not run.export.exists()
+    written = {p.name: p.stat().st_mtime_ns for p in latest.iterdir()}
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert f"resuming from {latest}, the newest complete checkpoint" in again.stdout
+    assert f"--resume_from_checkpoint {latest}" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in latest.iterdir()} == written  # read, not trained again
+    state = json.loads((run.path / "checkpoint-12" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 13))  # complete, once each
+    assert [m["step"] for m in run.training_metrics()] == list(range(1, 13))
+
+
+def test_plain_trl_dpo_trains_from_what_trl_sft_saved(tmp_path, sft_run, default_dir):
+    """The TRL-only route the recipes document: no export/ without scratchlm, so `trl dpo` is given the
+    model `trl sft` saved in its output_dir (what `scratchlm sft` ran, untouched by it)."""
+    config = recipe(tmp_path, "dpo", Path("runs/tiny/sft/export"), default_dir / "preference" / "train.jsonl",
+                    max_steps=1, save_steps=1, max_length=128)  # fmt: skip
+    command = [command_path("trl"), "dpo", "--config", str(config), "--model_name_or_path", str(sft_run)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (tmp_path / "dpo" / "checkpoint-1" / "trainer_state.json").is_file()

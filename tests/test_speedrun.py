@@ -83,7 +83,7 @@ def finished(tmp_path_factory):
 def test_a_failed_stage_stops_with_a_clear_error(finished):
     log = finished["broken_log"]
     assert "[1/8] corpus: finished by an earlier run" in log and "[6/8] sft: finished by an earlier run" in log
-    assert "has no column 'prompt', 'chosen', 'rejected'" in log
+    assert "chat/train.jsonl split train, row 0 (from 0): TRL's dpo preparation fails on it: KeyError: 'chosen'" in log
     assert "error: speedrun step 'dpo' failed (its messages are above)" in log
 
 

@@ -21,7 +21,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in POST_TRAINING:
             from .posttrain import run_stage
 
-            print(f"done: {run_stage(argv[0], argv[1:]) / 'export'}")
+            export = run_stage(argv[0], argv[1:])
+            if export is not None:  # None: it printed --help
+                print(f"done: {export}")
             return 0
         args = build_parser().parse_args(argv)
         return args.run(args) or 0
@@ -196,7 +198,7 @@ def add_after_pretraining_parsers(commands) -> None:
     pull.set_defaults(run=run_pull)
 
     for stage in POST_TRAINING:  # listed for --help; main() hands them to posttrain.run_stage
-        commands.add_parser(stage, help=f"trl {stage} --config RECIPE, checked before and laid out like a run after")
+        commands.add_parser(stage, help=f"trl {stage} --config RECIPE: checked first, resumable, laid out like a run")
 
     evaluate = commands.add_parser("eval", help="evaluate a model directory")
     eval_commands = evaluate.add_subparsers(required=True, metavar="WHAT")

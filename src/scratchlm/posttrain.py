@@ -1,25 +1,41 @@
-"""`scratchlm sft|dpo --config recipes/<run>/<stage>.yaml [--key value ...]`: TRL's own CLI, with our
-checks before it and our run layout after it.
+"""`scratchlm sft|dpo --config recipes/<run>/<stage>.yaml [--key value | --key=value ...]`: TRL's own CLI,
+with our checks before it and our run layout after it.
 
 Why a wrapper at all: `trl sft` and `trl dpo` run TRL's packaged scripts, which take no callbacks, and
 their YAML hands unknown keys to accelerate (so our own keys cannot live there). The recipe therefore
 stays a plain TRL YAML that `trl sft --config` runs unchanged, and this wrapper only adds what TRL
-cannot: checks that fail in seconds instead of minutes in (an exported model, a chat template, the
-dataset's columns), and afterwards the layout every stage shares: metrics.jsonl (from TRL's log
-history), samples.jsonl (replies of every saved checkpoint), plan.json and export/.
+cannot:
+- Checks that fail in seconds instead of minutes in. They read the arguments as TRL's own parser types
+  them (trl.scripts.<stage>.make_parser), so they judge what TRL will run: `--key=value` and
+  `--flag false` mean what they mean to TRL. Then: an exported model with a chat template; accelerate's
+  mixed precision not overriding the recipe's bf16/fp16; wandb without a key logging offline, as
+  pretraining does; and TRL's own dataset preparation tried on the first CHECK_ROWS rows of what it will
+  train on, so a dataset TRL would refuse is refused here, naming the dataset, the row and the field.
+- Resuming: the same command after a kill continues from the newest complete checkpoint-N in
+  output_dir (it adds `--resume_from_checkpoint` to the user's arguments and says so), as pretraining
+  does; a command that names a checkpoint itself keeps it.
+- Afterwards, the layout every stage shares: metrics.jsonl (from TRL's log history), samples.jsonl
+  (replies of every saved checkpoint), plan.json and export/.
 """
 
+import contextlib
+import copy
+import importlib
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import datasets
 
-from .config import read_yaml
+from .config import unknown_key_error
 from .errors import ScratchError
 from .eval.chat import chat_replies
 from .model.card import write_model_card
@@ -28,42 +44,162 @@ from .run_dir import RunDir, checkpoint_step
 from .tokenization import check_tokenizer_fits, load_tokenizer
 from .train.hardware import describe_hardware
 
-COLUMNS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected")}
+CHECK_ROWS = 256  # rows of each dataset that TRL's preparation is tried on before it starts
 SAMPLE_PROMPTS = 3
+HELP = """scratchlm {stage} --config RECIPE.yaml [--key value | --key=value ...]
+
+Runs `trl {stage}` with the same arguments, after checking them (the model, the chat template, accelerate's
+mixed precision, wandb, TRL's preparation of the first {rows} rows of each dataset); re-running the same
+command resumes from the newest complete checkpoint-N in output_dir. Afterwards it writes metrics.jsonl,
+samples.jsonl, plan.json and export/ into output_dir. The keys, in the YAML or as flags, are TRL's:
+"""
 
 
-def run_stage(stage: str, argv: list[str]) -> Path:
-    values = stage_values(argv)
-    model_dir, output_dir = check_stage(stage, values)
-    env = dict(os.environ)
-    if not _has_cuda():  # `accelerate launch`, which TRL uses, pins each CPU process to one thread
-        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    command = [command_path("trl"), stage, *argv]
+@dataclass
+class Recipe:
+    """A stage's arguments as TRL's parser types them, and what TRL hands on to `accelerate launch`."""
+
+    where: str  # the YAML (or the command line), for messages
+    script: Any  # trl ScriptArguments: dataset_name, dataset_config, splits
+    training: Any  # SFTConfig or DPOConfig
+    model: Any  # ModelConfig
+    mixture: Any  # DatasetMixtureConfig: the `datasets:` entries
+    launch: list[str]  # accelerate launch's own arguments (recipe keys no TRL dataclass knows)
+
+
+def run_stage(stage: str, argv: list[str]) -> Path | None:
+    """Runs `trl <stage> ARGV` after the checks, then lays out the run; returns its export/ (None for --help)."""
+    parser = trl_parser(stage)
+    if "-h" in argv or "--help" in argv:
+        print(HELP.format(stage=stage, rows=CHECK_ROWS))
+        parser.print_help()
+        return None
+    recipe = parse_recipe(stage, parser, argv)
+    env = launch_env(stage, recipe)
+    model_dir, tokenizer = check_model(stage, recipe)
+    first_rows = check_datasets(stage, recipe, tokenizer)
+    output_dir = Path(recipe.training.output_dir)
+    command = [command_path("trl"), stage, *argv, *resume_arguments(recipe)]
     print(f"scratchlm: {model_dir} -> {output_dir}: running {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     if subprocess.run(command, env=env).returncode != 0:
         raise ScratchError(f"trl {stage} failed (its messages are above); {output_dir} keeps its checkpoints")
-    finish_stage(stage, output_dir, values, wall_s=time.perf_counter() - start)
-    return output_dir
+    finish_stage(stage, recipe, first_rows, wall_s=time.perf_counter() - start)
+    return RunDir(output_dir).export
 
 
-def stage_values(argv: list[str]) -> dict:
-    """The recipe YAML with `--key value` overrides on top, as TRL will read it."""
-    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
-        raise ScratchError("give the recipe: --config recipes/<run>/<stage>.yaml")
-    values = read_yaml(argv[argv.index("--config") + 1])
-    for flag, value in zip(argv, argv[1:], strict=False):
-        if flag.startswith("--") and flag != "--config" and not value.startswith("--"):
-            values[flag[2:]] = value
-    return values
+# --- the arguments, as TRL reads them -------------------------------------------------------------
 
 
-def check_stage(stage: str, values: dict) -> tuple[Path, Path]:
-    """Everything that would otherwise fail minutes into a TRL run, checked now."""
-    for key in ("model_name_or_path", "output_dir"):
-        if not values.get(key):
-            raise ScratchError(f"{stage} recipe: '{key}' is required")
-    model_dir = Path(values["model_name_or_path"])
+def trl_parser(stage: str):
+    parser = importlib.import_module(f"trl.scripts.{stage}").make_parser(prog=f"scratchlm {stage}")
+
+    def refuse(message: str):  # argparse would print its usage and exit; one line instead
+        raise ScratchError(f"scratchlm {stage}: {message}")
+
+    parser.error = refuse
+    return parser
+
+
+def parse_recipe(stage: str, parser, argv: list[str]) -> Recipe:
+    """What `trl` does with ARGV: the YAML under the command line, typed by TRL's dataclasses (their
+    __post_init__ checks included), and the keys none of them knows, which `trl` passes to accelerate."""
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    where = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else "the command line"
+    try:
+        *parsed, from_config, from_cli = parser.parse_args_and_config(
+            list(argv), return_remaining_strings=True, separate_remaining_strings=True
+        )
+        launch = resolve_accelerate_config_argument(from_config + from_cli)
+    except OSError as err:
+        raise ScratchError(f"{where}: {err.strerror}: {err.filename}") from None
+    except (ValueError, TypeError, IndexError) as err:  # also yaml.YAMLError, a ValueError
+        raise ScratchError(f"{where}: {first_line(err)}") from None
+    recipe = Recipe(where, *parsed, launch)
+    check_launch_arguments(stage, parser, recipe)
+    return recipe
+
+
+def check_launch_arguments(stage: str, parser, recipe: Recipe) -> None:
+    """The leftovers must be accelerate's: a misspelled TRL key would otherwise fail late, in accelerate."""
+    from accelerate.commands.launch import launch_command_parser
+
+    launcher = launch_command_parser()
+    launcher.error = parser.error
+    _, unknown = launcher.parse_known_args([*recipe.launch, "train.py"])
+    flags = [u for u in unknown if u.startswith("--")]
+    if flags:
+        known = [a.dest for a in parser._actions] + [a.dest for a in launcher._actions]
+        raise unknown_key_error(flags[0][2:].split("=")[0], known, f"{recipe.where} (trl {stage} or accelerate)")
+
+
+def resume_arguments(recipe: Recipe) -> list[str]:
+    """Re-running a killed stage continues it: TRL resumes only when told where from."""
+    latest = RunDir(recipe.training.output_dir).latest_trl_checkpoint()
+    if recipe.training.resume_from_checkpoint or latest is None:
+        return []
+    print(f"scratchlm: resuming from {latest}, the newest complete checkpoint in {recipe.training.output_dir}")
+    return ["--resume_from_checkpoint", str(latest)]
+
+
+# --- checks: what accelerate and wandb will do ------------------------------------------------------
+
+
+def launch_env(stage: str, recipe: Recipe) -> dict:
+    """The environment `trl` runs in, once accelerate's precision and wandb's logging are known to be right."""
+    check_mixed_precision(recipe)
+    env = dict(os.environ)
+    if not _has_cuda():  # `accelerate launch`, which TRL uses, pins each CPU process to one thread
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if "wandb" in recipe.training.report_to:
+        if importlib.util.find_spec("wandb") is None:
+            raise ScratchError(f"{recipe.where}: report_to wandb needs `pip install wandb` (or report_to: none)")
+        # As pretraining does: without a key, log offline (sync later with `wandb sync`) instead of
+        # failing after the data is tokenized. Only whether a key exists is looked at; it is never shown.
+        if not _wandb_has_key() and "WANDB_MODE" not in env:
+            env["WANDB_MODE"] = "offline"
+            print(f"scratchlm: no wandb API key: trl {stage} logs to wandb offline (`wandb sync` uploads it later)")
+    return env
+
+
+def check_mixed_precision(recipe: Recipe) -> None:
+    """transformers trains in the recipe's bf16 or fp16 when one is on, and otherwise in accelerate's
+    mixed precision: an accelerate config's bf16 would silently override a recipe's `bf16: false`."""
+    from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    args, _ = launch_command_parser().parse_known_args([*recipe.launch, "train.py"])
+    # accelerate launch's own rule (_validate_launch_command): a flag, else the config file, else "no".
+    config_file = args.config_file
+    if config_file is None and os.path.isfile(default_config_file) and not args.cpu:
+        config_file = default_config_file
+    try:
+        configured = load_config_from_file(config_file).mixed_precision if config_file else None
+    except OSError as err:
+        raise ScratchError(f"{recipe.where}: accelerate config {config_file}: {err.strerror}") from None
+    precision = str(args.mixed_precision or configured or "no")
+    if precision != "no" and not (recipe.training.bf16 or recipe.training.fp16):
+        source = "--mixed_precision" if args.mixed_precision else f"the accelerate config {config_file}"
+        raise ScratchError(
+            f"{recipe.where}: bf16 and fp16 are off, but {source} sets mixed_precision: {precision}, which "
+            f"transformers would train in; set bf16: true, or use an accelerate config with mixed_precision: 'no'"
+        )
+
+
+def _wandb_has_key() -> bool:
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+
+
+# --- checks: the model -------------------------------------------------------------------------------
+
+
+def check_model(stage: str, recipe: Recipe):
+    """The model directory and its tokenizer, if TRL can load and train them."""
+    if not recipe.model.model_name_or_path:
+        raise ScratchError(f"{recipe.where}: model_name_or_path is required")
+    model_dir = Path(recipe.model.model_name_or_path)
     if not (model_dir / "config.json").is_file() or not list(model_dir.glob("*.safetensors")):
         raise ScratchError(
             f"model_name_or_path {model_dir} is not an exported model directory (config.json and "
@@ -77,72 +213,231 @@ def check_stage(stage: str, values: dict) -> tuple[Path, Path]:
             f"the tokenizer in {model_dir} has no chat template; {stage} needs one to render "
             "conversations (tokenizers trained by scratchlm have it)"
         )
-    if values.get("assistant_only_loss") and "generation" not in tokenizer.chat_template:
+    if getattr(recipe.training, "assistant_only_loss", False) and "generation" not in tokenizer.chat_template:
         raise ScratchError(f"assistant_only_loss needs {{% generation %}} in the chat template of {model_dir}")
-    if config.get("model_type") not in ("llama", None) and not values.get("trust_remote_code"):
+    if config.get("model_type") not in ("llama", None) and not recipe.training.trust_remote_code:
         raise ScratchError(
             f"{model_dir} is a '{config['model_type']}' model saved with its code: set "
             "trust_remote_code: true in the recipe"
         )
-    for description, kept, columns in dataset_columns(values):
-        missing = [c for c in COLUMNS[stage] if c not in kept]
-        if missing:
-            raise ScratchError(
-                f"dataset {description} has no column {', '.join(repr(m) for m in missing)} "
-                f"(columns: {', '.join(columns)}); {stage} needs {', '.join(COLUMNS[stage])}"
-            )
-    return model_dir, Path(values["output_dir"])
+    return model_dir, tokenizer
 
 
-def dataset_entries(values: dict) -> list[dict]:
-    """The datasets a recipe trains on, in TRL's two ways to name them, as `datasets:` entries."""
-    entries = values.get("datasets") or [
-        {
-            "path": values.get("dataset_name"),
-            "name": values.get("dataset_config"),
-            "split": values.get("dataset_train_split", "train"),
-        }
-    ]
-    if not all(entry.get("path") for entry in entries):
-        raise ScratchError("the recipe names no dataset: set datasets: or dataset_name:")
-    return entries
+# --- checks: the data, through TRL's own preparation -----------------------------------------------------
 
 
-def open_dataset(entry: dict) -> tuple[str, datasets.IterableDataset]:
-    description = str(entry.get("data_files") or entry["path"])
-    try:
-        rows = datasets.load_dataset(
-            entry["path"],
-            entry.get("name"),
-            data_files=entry.get("data_files"),
-            split=entry.get("split") or "train",
-            streaming=True,
-        )
-    except (FileNotFoundError, ValueError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ScratchError(f"dataset {description} could not be opened: {str(err).splitlines()[0]}") from None
-    return description, rows
+@dataclass
+class Sample:
+    """The first rows of one dataset TRL will read, opened as TRL opens it (but streamed, to be quick)."""
+
+    description: str
+    rows: list[dict]
+    features: datasets.Features | None
 
 
-def dataset_columns(values: dict):
-    """(description, columns TRL keeps, all columns) of every dataset the recipe trains on."""
-    for entry in dataset_entries(values):
-        description, rows = open_dataset(entry)
+def check_datasets(stage: str, recipe: Recipe, tokenizer) -> list[dict]:
+    """TRL's preparation of the first rows of what it will train (and evaluate) on: what it would refuse
+    minutes in, after loading the model, is refused now. Returns the first training rows."""
+    groups = dataset_groups(recipe)
+    for purpose, group in groups:
         try:
-            first = next(iter(rows))
-        except StopIteration:
-            raise ScratchError(f"dataset {description} is empty") from None
-        # TRL keeps only an entry's `columns:`, so the stage's columns must be among them too.
-        yield description, [c for c in first if c in (entry.get("columns") or first)], list(first)
+            rows = datasets.concatenate_datasets(
+                [datasets.Dataset.from_list(s.rows, features=s.features) for s in group]
+            )
+        except ValueError as err:
+            names = ", ".join(s.description for s in group)
+            raise ScratchError(f"the datasets {names} cannot be mixed (as TRL mixes them): {first_line(err)}") from None
+        check_preparation(stage, recipe, tokenizer, purpose, rows, group)
+    _, first_group = groups[0]
+    return first_group[0].rows
+
+
+def dataset_groups(recipe: Recipe) -> list[tuple[str, list[Sample]]]:
+    """("train" or "eval", samples) for each dataset TRL prepares: a `datasets:` mixture is one; a
+    `dataset_name` gives its train split, and its test split too when the run evaluates."""
+    script, training = recipe.script, recipe.training
+    evaluates = training.eval_strategy != "no"  # TRL's scripts: an eval split only when evaluating
+    if recipe.mixture.datasets:
+        # TRL's get_dataset() names the mixture's splits itself: train, and test when it splits one off
+        # (the same rows, so the training check covers both).
+        made = ["train", "test"] if recipe.mixture.test_split_size is not None else ["train"]
+        for split in [script.dataset_train_split] + ([script.dataset_test_split] if evaluates else []):
+            if split not in made:
+                raise ScratchError(f"{recipe.where}: a `datasets:` mixture has no split '{split}' (it has {made})")
+        entries = [(d.path, d.name, d.data_dir, d.data_files, d.split, d.columns) for d in recipe.mixture.datasets]
+        return [("train", [open_sample(*entry, entry=True) for entry in entries])]
+    if not script.dataset_name:
+        raise ScratchError(f"{recipe.where} names no dataset: set datasets: or dataset_name:")
+    splits = {"train": script.dataset_train_split, **({"eval": script.dataset_test_split} if evaluates else {})}
+    name, config = script.dataset_name, script.dataset_config
+    return [(purpose, [open_sample(name, config, None, None, split, None)]) for purpose, split in splits.items()]
+
+
+def open_sample(path, name, data_dir, data_files, split, columns, entry: bool = False) -> Sample:
+    """load_dataset with TRL's arguments, streamed: a `datasets:` entry names its split to load_dataset; a
+    `dataset_name` is opened whole and then indexed by split, as TRL's scripts do."""
+    description = " ".join(str(v) for v in (data_files or path, name and f"(config {name})", f"split {split}") if v)
+    try:
+        if entry:
+            rows = datasets.load_dataset(
+                path, name, data_dir=data_dir, data_files=data_files, split=split, streaming=True
+            )
+        else:
+            splits = datasets.load_dataset(path, name, streaming=True)
+            if split not in splits:
+                raise ScratchError(f"dataset {path} has no split '{split}' (its splits: {', '.join(splits)})")
+            rows = splits[split]
+        if columns is not None:
+            rows = rows.select_columns(columns)
+        first = list(rows.take(CHECK_ROWS))
+    except (OSError, ValueError, KeyError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ScratchError(f"dataset {description} could not be opened: {first_line(err)}") from None
+    if not first:
+        raise ScratchError(f"dataset {description} is empty")
+    return Sample(f"dataset {description}", first, rows.features)
+
+
+def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset, group: list[Sample]) -> None:
+    """TRL's preparation of ROWS; if it fails, the first row it fails on, and the field, in one line."""
+
+    def failure(subset: datasets.Dataset) -> Exception | None:
+        try:
+            prepare_as_trl(stage, recipe, tokenizer, purpose, subset)
+        except Exception as err:  # whatever TRL's preparation raises is what `trl` would stop with
+            return err
+        return None
+
+    with _no_progress_bars():
+        if failure(rows) is None:
+            return
+        index, error = first_failing_row(rows, failure)
+        donor = passing_row(rows, index, failure)
+        field = failing_field(rows, index, donor, failure) if donor is not None else None
+    offset = index
+    for sample in group:  # the row in its own dataset
+        if offset < len(sample.rows):
+            break
+        offset -= len(sample.rows)
+    row, reason = rows[index], f"{type(error).__name__}: {first_line(error)}"
+    if field:
+        raise ScratchError(
+            f"{sample.description}, row {offset} (from 0), field '{field}' ({describe(row[field])}): "
+            f"TRL's {stage} preparation fails on it: {reason}"
+        )
+    fields = "; ".join(f"{key}: {describe(value)}" for key, value in row.items())
+    hint = ""
+    if donor is None:
+        hint = (
+            f"; the next rows fail alone too, so this layout is not one `trl {stage}` takes (a `datasets:` entry with "
+            "`columns:` keeps only the columns TRL should read)"
+        )
+    raise ScratchError(
+        f"{sample.description}, row {offset} (from 0): TRL's {stage} preparation fails on it: {reason} "
+        f"(its fields: {fields}){hint}"
+    )
+
+
+def first_failing_row(rows: datasets.Dataset, failure) -> tuple[int, Exception]:
+    """The row that ends the shortest failing prefix, and its error. TRL decides the format from the
+    first row, so a prefix is prepared as the whole is."""
+    low, high = 1, len(rows)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if failure(rows.select(range(middle))) is None else (low, middle)
+    return low - 1, failure(rows.select(range(low)))
+
+
+def passing_row(rows: datasets.Dataset, index: int, failure) -> dict | None:
+    """A row TRL prepares: the one before INDEX, or else one of the next few that passes alone."""
+    if index:
+        return rows[index - 1]
+    passing = (i for i in range(1, min(len(rows), 8)) if failure(rows.select([i])) is None)
+    good = next(passing, None)
+    return None if good is None else rows[good]
+
+
+def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, purpose: str, rows: datasets.Dataset) -> None:
+    """The trainer's own _prepare_dataset on ROWS, with the decisions its __init__ makes before calling it
+    (trl/trainer/{sft,dpo}_trainer.py); no model is needed for it."""
+    from trl import DPOTrainer, SFTTrainer
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from trl.data_utils import is_conversational
+
+    training = copy.copy(recipe.training)
+    training.dataset_num_proc = None  # a few hundred rows: worker processes would cost more than they save
+    streaming = recipe.mixture.streaming if recipe.mixture.datasets else recipe.script.dataset_streaming
+    dataset = rows.to_iterable_dataset() if streaming else rows
+    first = next(iter(dataset))
+    if "image" in first or "images" in first:  # vision data is prepared on the fly, not up front
+        return
+    if stage == "dpo":
+        prepared = DPOTrainer._prepare_dataset(
+            SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, training, purpose
+        )
+    else:
+        if training.assistant_only_loss and not is_conversational(first):
+            raise ValueError(
+                "You set `assistant_only_loss=True`, but the dataset is not conversational. This option is only "
+                "supported for conversational datasets."
+            )
+        chat_template = None
+        if training.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
+            chat_template = get_training_chat_template(tokenizer)
+        completion_only_loss = training.completion_only_loss
+        if completion_only_loss is None:
+            completion_only_loss = "prompt" in first and "completion" in first
+        trainer = SimpleNamespace(
+            _tokenizer=tokenizer, chat_template=chat_template, completion_only_loss=completion_only_loss
+        )
+        packing = training.packing if purpose == "train" or training.eval_packing is None else training.eval_packing
+        prepared = SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, training, packing, None, purpose)
+    for _ in prepared:  # a streamed dataset is prepared as it is read
+        pass
+
+
+def failing_field(rows: datasets.Dataset, index: int, donor: dict, failure) -> str | None:
+    """The field of row INDEX that TRL fails on: the one whose value, taken from a row TRL prepares
+    (DONOR), makes the row pass."""
+    culprit, before = rows[index], rows.select(range(index)).to_list()
+    for field in culprit:
+        repaired = datasets.Dataset.from_list([*before, {**culprit, field: donor[field]}], features=rows.features)
+        if failure(repaired) is None:
+            return field
+    return None
+
+
+def describe(value) -> str:
+    """A field's shape, as a message can show it: the roles of a conversation, what is missing."""
+    if value is None:
+        return "missing"
+    if isinstance(value, str):
+        return f"text of {len(value)} characters"
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        turns = [f"{m.get('role')}{'' if m.get('content') is not None else ' without content'}" for m in value]
+        return f"{len(value)} messages: {', '.join(turns)}"
+    return type(value).__name__
+
+
+@contextlib.contextmanager
+def _no_progress_bars():
+    """Quiet, for a few hundred rows prepared a few times over."""
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 # --- after TRL ------------------------------------------------------------------------------------
 
 
-def finish_stage(stage: str, output_dir: Path, values: dict, wall_s: float) -> None:
-    run = RunDir(output_dir)
+def finish_stage(stage: str, recipe: Recipe, first_rows: list[dict], wall_s: float) -> None:
+    run = RunDir(recipe.training.output_dir)
     checkpoints = run.trl_checkpoints()
     if not checkpoints:
-        raise ScratchError(f"{output_dir} has no checkpoint-*/: set save_strategy: steps so the log is kept")
+        raise ScratchError(f"{run.path} has no checkpoint-*/: set save_strategy: steps so the log is kept")
     state = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
     # TRL's log history under the names status, plots and reports read, beside TRL's own.
     run.write_metrics(
@@ -155,22 +450,26 @@ def finish_stage(stage: str, output_dir: Path, values: dict, wall_s: float) -> N
     run.write_plan(
         {"stage": stage, "total_steps": state["max_steps"], "wall_s": wall_s, "hardware": describe_hardware()}
     )
-    model, tokenizer = load_stage_model(output_dir)
+    model, tokenizer = load_stage_model(run.path)
     save_model(model, tokenizer, run.export)
-    data = [
-        " ".join(str(e[k]) for k in ("path", "name", "data_files", "split") if e.get(k))
-        for e in dataset_entries(values)
-    ]
-    write_model_card(run, data)
-    prompts = sample_prompts(values)
-    samples = []
-    for checkpoint in checkpoints:  # the last one holds the final weights
+    write_model_card(run, data_descriptions(recipe))
+    prompts, samples = sample_prompts(first_rows), []  # no prompts: rows of plain text
+    for checkpoint in checkpoints if prompts else []:  # the last one holds the final weights
         model, tokenizer = load_stage_model(checkpoint)
         for prompt, (reply, _) in zip(prompts, chat_replies(model, tokenizer, prompts), strict=True):
             samples.append(
                 {"step": checkpoint_step(checkpoint), "prompt": prompt[-1]["content"], "mode": "greedy", "text": reply}
             )
     run.write_samples(samples)
+
+
+def data_descriptions(recipe: Recipe) -> list[str]:
+    """A line per training dataset, for the model card."""
+    if recipe.mixture.datasets:
+        entries = [(d.path, d.name, d.data_files, d.split) for d in recipe.mixture.datasets]
+    else:
+        entries = [(recipe.script.dataset_name, recipe.script.dataset_config, None, recipe.script.dataset_train_split)]
+    return [" ".join(str(v) for v in entry if v) for entry in entries]
 
 
 def load_stage_model(path: Path):
@@ -183,14 +482,19 @@ def load_stage_model(path: Path):
     return model, load_tokenizer(path)
 
 
-def sample_prompts(values: dict) -> list[list[dict]]:
-    """The first conversations of the training data, cut after their first user turn."""
-    _, rows = open_dataset(dataset_entries(values)[0])
+def sample_prompts(rows: list[dict]) -> list[list[dict]]:
+    """The first conversations of the training data, cut after their first user turn (a preference
+    row's prompt is what TRL extracts from it; rows of plain text have none)."""
+    from trl.data_utils import is_conversational, maybe_extract_prompt
+
     prompts = []
-    for row in rows.take(SAMPLE_PROMPTS):
-        messages = row.get("messages") or row["prompt"]
-        first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        prompts.append(messages[: first_user + 1])
+    for row in rows:
+        conversation = row.get("messages") or maybe_extract_prompt(row).get("prompt")
+        if is_conversational({"messages": conversation}) and any(m["role"] == "user" for m in conversation):
+            first_user = next(i for i, m in enumerate(conversation) if m["role"] == "user")
+            prompts.append(conversation[: first_user + 1])
+        if len(prompts) == SAMPLE_PROMPTS:
+            break
     return prompts
 
 
@@ -198,6 +502,10 @@ def command_path(name: str) -> str:
     """The console script installed beside this Python (a venv not on PATH still works)."""
     beside = Path(sys.executable).with_name(name)
     return str(beside) if beside.is_file() else shutil.which(name) or name
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _has_cuda() -> bool:

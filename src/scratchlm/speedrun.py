@@ -7,7 +7,8 @@ probes, chat, preference), then the report and one chat exchange. With --out els
 and recipes/pretrain.py are copied into DIR/recipes/ first, so the recipe's relative paths land there.
 
 DIR/speedrun.json records each finished step and its wall time: a re-run skips finished steps, and
-the interrupted one resumes (pretraining from its newest checkpoint, TRL from its last checkpoint-N).
+the interrupted one resumes: its own command does, run again (pretraining from its newest checkpoint,
+`scratchlm sft|dpo` from their newest complete checkpoint-N).
 """
 
 import json
@@ -21,7 +22,6 @@ from .config import read_yaml
 from .errors import ScratchError
 from .posttrain import command_path
 from .report import build_report
-from .run_dir import RunDir
 from .train.config import parse_pretrain_args
 
 STATE = "speedrun.json"
@@ -47,7 +47,6 @@ def speedrun(out: str | Path, recipe: str | Path) -> Path:
         print(f"[{number}/{len(steps)}] {name}", flush=True)
         start = time.perf_counter()
         for command in commands:
-            command = resumed(command, runs)
             print(f"  $ {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
             if subprocess.run(command).returncode != 0:
                 raise ScratchError(
@@ -131,15 +130,6 @@ def eval_commands(scratchlm: list[str], runs: dict, data: Path, core_max_per_tas
         *(evaluate("chat", stage, *chat) for stage in ("midtrain", "sft", "dpo")),
         *(evaluate("preference", stage, *preference) for stage in ("sft", "dpo")),
     ]
-
-
-def resumed(command: list[str], runs: dict) -> list[str]:
-    """A TRL stage resumes from its last complete checkpoint-N, if an interrupted run left one
-    (trainer_state.json is the last file TRL writes into a checkpoint)."""
-    if command[1] not in ("sft", "dpo"):
-        return command
-    latest = RunDir(runs[command[1]]).latest_trl_checkpoint()
-    return [*command, "--resume_from_checkpoint", str(latest)] if latest else command
 
 
 def read_state(out: Path) -> dict:
