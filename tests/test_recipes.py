@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
 from scratchlm.cli import main
@@ -54,6 +55,15 @@ def test_recipe_parses_and_plans_like_its_seed(name, clean_environ):
 def test_genesis_recipe_sets_nccl_for_pcie_cards(clean_environ):
     parse_pretrain_args(["--config", str(REPO / "recipes" / "genesis-1b" / "pretrain.yaml")])
     assert os.environ["NCCL_P2P_DISABLE"] == "1" and os.environ["NCCL_IB_DISABLE"] == "1"
+
+
+def test_every_genesis_stage_on_the_4090s_sets_nccl():
+    """SFT and DPO run the same 2x4090 FSDP2 config as pretraining: a hang without peer access otherwise."""
+    for path in sorted((REPO / "recipes" / "genesis-1b").glob("*.yaml")):
+        values = yaml.safe_load(path.read_text())
+        if "tokenizer" in values and "sources" in values:  # a data config, not a stage
+            continue
+        assert (values.get("env") or {}).get("NCCL_P2P_DISABLE") == "1", path.name
 
 
 def test_command_line_overrides_the_recipe(clean_environ):

@@ -43,6 +43,7 @@ from .model.files import load_model, read_config, save_model
 from .run_dir import RunDir, checkpoint_step
 from .tokenization import check_tokenizer_fits, load_tokenizer
 from .train.hardware import describe_hardware
+from .train.monitor import wandb_has_key
 
 CHECK_ROWS = 256  # rows of each dataset that TRL's preparation is tried on before it starts
 SAMPLE_PROMPTS = 3
@@ -157,7 +158,7 @@ def launch_env(stage: str, recipe: Recipe) -> dict:
             raise ScratchError(f"{recipe.where}: report_to wandb needs `pip install wandb` (or report_to: none)")
         # As pretraining does: without a key, log offline (sync later with `wandb sync`) instead of
         # failing after the data is tokenized. Only whether a key exists is looked at; it is never shown.
-        if not _wandb_has_key() and "WANDB_MODE" not in env:
+        if not wandb_has_key() and "WANDB_MODE" not in env:
             env["WANDB_MODE"] = "offline"
             print(f"scratchlm: no wandb API key: trl {stage} logs to wandb offline (`wandb sync` uploads it later)")
     return env
@@ -185,11 +186,6 @@ def check_mixed_precision(recipe: Recipe) -> None:
             f"{recipe.where}: bf16 and fp16 are off, but {source} sets mixed_precision: {precision}, which "
             f"transformers would train in; set bf16: true, or use an accelerate config with mixed_precision: 'no'"
         )
-
-
-def _wandb_has_key() -> bool:
-    netrc = Path.home() / ".netrc"
-    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
 
 
 # --- checks: the model -------------------------------------------------------------------------------
@@ -451,6 +447,7 @@ def finish_stage(stage: str, recipe: Recipe, first_rows: list[dict], wall_s: flo
         {"stage": stage, "total_steps": state["max_steps"], "wall_s": wall_s, "hardware": describe_hardware()}
     )
     model, tokenizer = load_stage_model(run.path)
+    model.config.training_stage = stage  # not the stage the model came from (`chat` reads it)
     save_model(model, tokenizer, run.export)
     write_model_card(run, data_descriptions(recipe))
     prompts, samples = sample_prompts(first_rows), []  # no prompts: rows of plain text

@@ -84,12 +84,16 @@ class Meter:
         return record
 
 
+def wandb_has_key() -> bool:
+    """Whether wandb would find a key (the environment or its login in ~/.netrc); the key is never read here."""
+    return bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
+
+
 def _start_wandb(run_dir: Path, config: dict, project: str, name: str):
     import wandb
 
     # Without a key, log offline (sync later with `wandb sync`) instead of prompting or failing.
-    has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
-    os.environ.setdefault("WANDB_MODE", "online" if has_key else "offline")
+    os.environ.setdefault("WANDB_MODE", "online" if wandb_has_key() else "offline")
     id_file = run_dir / "wandb_id"
     run_id = _read(id_file).strip() or secrets.token_hex(4)
     id_file.write_text(run_id)
