@@ -99,4 +99,4 @@ def test_functions_fit_in_a_reader_s_head():
 def test_the_training_loop_reads_in_about_fifty_lines():
     tree = ast.parse((SRC / PACKAGE / "train" / "loop.py").read_text())
     functions = {n.name: n.end_lineno - n.lineno + 1 for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
-    assert functions["fit"] + functions["run_steps"] <= 60, functions
+    assert functions["fit"] <= 55, functions

@@ -99,48 +99,46 @@ def train(config: PretrainConfig) -> Path:
 
 
 def fit(t: Training) -> None:
-    stop = StopRequest()
+    """Optimizer steps until the horizon, stop_at_step or a signal: each step's record, checkpoint, evaluations."""
     spikes = SpikeDetector(t.config.spike_factor)
     usd_per_hour = t.config.usd_per_gpu_hour * t.world.size
     t.state.start_clock()
     t.model.train()
-    try:
-        run_steps(t, stop, spikes, usd_per_hour)
-    finally:
-        stop.restore()
+    with StopRequest() as stop:
+        while not t.state.done:
+            step = t.state.step
+            lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
+            set_hyperparameters(t.optimizer, lr, weight_decay)
+            result = t.stepper.step(step + 1, stop.requested is not None, t.checkpointer.latest)
+            t.state.advance(t.plan.tokens_per_step, usd_per_hour)
+            t.state.skipped_steps += result.skipped
+            warn_about(t, result, spikes)
+            t.meter.add(result.checksum)
+            t.progress.advance()
+            done, step = t.state.done, t.state.step
+            if step % t.config.logging_steps == 0 or step == 1 or done:
+                extra = bitnet_stats(t.raw_model, result.first_inputs[:1])  # {} unless the model is BitNet
+                phase = t.schedule.phase(step - 1)
+                record = t.meter.record(t.state, result, lr, weight_decay, phase, t.loader.epochs(), extra)
+                t.log.metrics(record)
+                t.progress.update(record)
+            stopping = step == t.config.stop_at_step or result.stop_requested
+            t.checkpointer.maybe_save(step, done, stopping)
+            t.evaluator.maybe_run(step, t.state.tokens, done)
+            if result.stop_requested and not done:
+                raise Stopped(stop.requested or signal.SIGTERM, step)
+            if stopping and not done:
+                t.progress.write(f"stopped at step {step:,} (stop_at_step); re-run the command to continue")
+                break
 
 
-def run_steps(t: Training, stop: "StopRequest", spikes: SpikeDetector, usd_per_hour: float) -> None:
-    while not t.state.done:
-        step = t.state.step
-        lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
-        set_hyperparameters(t.optimizer, lr, weight_decay)
-        result = t.stepper.step(step + 1, stop.requested is not None, t.checkpointer.latest)
-        t.state.advance(t.plan.tokens_per_step, usd_per_hour)
-        t.state.skipped_steps += result.skipped
-        if result.skipped:
-            t.progress.write(f"non-finite loss or grad norm at step {t.state.step}; batch skipped (on_nonfinite: skip)")
-        if spikes.is_spike(result.loss):
-            t.progress.write(
-                f"warning: loss spike at step {t.state.step}: {result.loss:.3f} (running average {spikes.average:.3f})"
-            )
-        t.meter.add(result.checksum)
-        t.progress.advance()
-        done, step = t.state.done, t.state.step
-        if step % t.config.logging_steps == 0 or step == 1 or done:
-            extra = bitnet_stats(t.raw_model, result.first_inputs[:1])  # {} unless the model is BitNet
-            phase = t.schedule.phase(step - 1)
-            record = t.meter.record(t.state, result, lr, weight_decay, phase, t.loader.epochs(), extra)
-            t.log.metrics(record)
-            t.progress.update(record)
-        stopping = step == t.config.stop_at_step or result.stop_requested
-        t.checkpointer.maybe_save(step, done, stopping)
-        t.evaluator.maybe_run(step, t.state.tokens, done)
-        if result.stop_requested and not done:
-            raise Stopped(stop.requested or signal.SIGTERM, step)
-        if stopping and not done:
-            t.progress.write(f"stopped at step {step:,} (stop_at_step); re-run the command to continue")
-            break
+def warn_about(t: Training, result, spikes: SpikeDetector) -> None:
+    """A batch skipped for a non-finite loss (on_nonfinite: skip), a loss far above its running average."""
+    step = t.state.step
+    if result.skipped:
+        t.progress.write(f"non-finite loss or grad norm at step {step}; batch skipped (on_nonfinite: skip)")
+    if spikes.is_spike(result.loss):
+        t.progress.write(f"warning: loss spike at step {step}: {result.loss:.3f} (average {spikes.average:.3f})")
 
 
 def finish(t: Training) -> None:
@@ -160,22 +158,23 @@ def finish(t: Training) -> None:
 
 
 class StopRequest:
-    """SIGTERM or SIGINT ask the run to stop at the end of the current step, with a checkpoint; a second
-    SIGINT (Ctrl-C twice) stops at once."""
+    """While open, SIGTERM or SIGINT ask the run to stop at the end of the current step, with a checkpoint;
+    a second SIGINT (Ctrl-C twice) stops at once."""
 
-    def __init__(self):
+    def __enter__(self) -> "StopRequest":
         self.requested: int | None = None
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = signum
         print(f"scratchlm: {signal.Signals(signum).name}: stopping after this step, with a checkpoint", flush=True)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 # --- setup -------------------------------------------------------------------------------------------
