@@ -29,7 +29,7 @@ def test_console_script_is_installed():
         [shutil.which("scratchlm") or "scratchlm", "model", "info", "--preset", "tiny"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert "params_total" in result.stdout and "5,770,496" in result.stdout
+    assert "params_total" in result.stdout and "5,049,600" in result.stdout
 
 
 def test_model_init_with_tokenizer_and_export(tmp_path, capsys, tokenizer_dir):
