@@ -3,6 +3,7 @@
 import os
 import random
 import shutil
+import socket
 import string
 import subprocess
 from pathlib import Path
@@ -58,11 +59,19 @@ def data_config(default_dir, tokenizer, **extra):
 RUN_MODEL = {**SMALL_MODEL, "max_position_embeddings": 64}
 
 
+def free_port() -> int:
+    """A port nobody listens on now: two test workers' launches must not meet on the config's 29533."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch_command(*args: str, processes: int = 1) -> list[str]:
     if processes == 1:
         where = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     else:
-        where = ["--config_file", str(REPO / "accelerate_configs" / "cpu_2proc.yaml")]
+        config = REPO / "accelerate_configs" / "cpu_2proc.yaml"
+        where = ["--config_file", str(config), "--main_process_port", str(free_port())]
     return [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
 
 

@@ -1,8 +1,6 @@
 """The snapshot fixtures read, through `datasets` itself, as their Hub datasets do: configs and splits as
 the cards define them, the real column names and types, and the overlaps the Hub's configs have."""
 
-import time
-
 import datasets
 import pytest
 
@@ -95,9 +93,7 @@ def test_snapshots_hold_what_a_download_leaves_and_are_deterministic(tmp_path, h
         assert (directory / ".gitattributes").is_file() and (directory / "README.md").read_text().startswith("---\n")
         assert (directory / ".cache" / "huggingface" / "download" / "README.md.metadata").is_file(), name
     assert (hub["smoltalk"] / "data" / "all" / ".gitattributes").is_file()
-    start = time.perf_counter()
     again = snapshots.write_all(tmp_path)
-    assert time.perf_counter() - start < 3  # six snapshots; about 0.1 s on 2 cores
     for name in hub:
         files = sorted(p.relative_to(hub[name]) for p in hub[name].rglob("*") if p.is_file())
         assert files == sorted(p.relative_to(again[name]) for p in again[name].rglob("*") if p.is_file())

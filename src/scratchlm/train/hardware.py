@@ -122,7 +122,7 @@ def check_first_collective(world, timeout_s: float = 60.0) -> None:
     if world.size == 1:
         return
     values = torch.full((1024,), float(world.rank + 1), device=world.device)
-    fix = "add NCCL_P2P_DISABLE: \"1\" to the recipe's env: block (or export it) and launch again"
+    fix = 'add NCCL_P2P_DISABLE: "1" to the recipe\'s env: block (or export it) and launch again'
     try:
         dist.all_reduce(values, async_op=True).wait(timeout=timedelta(seconds=timeout_s))
     except RuntimeError as err:

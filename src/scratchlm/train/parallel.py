@@ -78,9 +78,11 @@ def start_world(timeout_minutes: float = 30) -> World:
         torch.cuda.set_device(device)
     fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if (size > 1 or fsdp) and not dist.is_initialized():  # FSDP2 shards over a process group, even of one
-        for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(name, value)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
+        backend, timeout = "nccl" if cuda else "gloo", timedelta(minutes=timeout_minutes)
+        if size > 1 or "MASTER_ADDR" in os.environ:  # a launcher's rendezvous
+            dist.init_process_group(backend, timeout=timeout)
+        else:  # a world of one needs no port (two such runs on one machine would meet on a fixed one)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     if fsdp and os.environ.get("FSDP_VERSION", "2") != "2":
         raise ScratchError(
             "the accelerate config asks for FSDP version 1: scratchlm shards with FSDP2 (fsdp_version: 2)"
