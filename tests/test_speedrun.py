@@ -5,7 +5,7 @@ bought, from report.json's stable keys.
 
 At this size SFT teaches the turn to end and DPO widens the chosen/rejected margin; held-out chat
 accuracy and preference accuracy need the full recipe's pretraining to bind names to facts (probe
-accuracy 0.03 here): the last test runs the full recipe (`pytest -m slow`, not in CI). Thresholds sit
+accuracy 0.03 here): the last test runs the full recipe (`pytest -m slow -n 0`, not in CI). Thresholds sit
 below the values measured, quoted in each test.
 """
 
@@ -154,7 +154,7 @@ def test_a_directory_that_is_not_a_recipe_is_named(tmp_path):
 
 @pytest.mark.slow
 def test_the_full_tiny_speedrun_buys_chat_and_preference_accuracy(tmp_path):
-    """README command 1 as it stands (`pytest -m slow`, ~15 min on 2 cores): here the pretraining is
+    """README command 1 as it stands (`pytest -m slow -n 0`, ~15 min on 2 cores): here the pretraining is
     long enough to bind names to facts, so the held-out accuracies move too."""
     recipe = REPO / "recipes" / "tiny"
     result = subprocess.run(
