@@ -67,6 +67,25 @@ def test_one_run_per_directory_signals_stop_cleanly_and_kill_9_frees_it(tmp_path
     assert f"resuming from {latest} at step {stopped_at}" in resumed.stdout
 
 
+def test_sigterm_to_the_speedrun_stops_the_stage_it_runs(tmp_path):
+    """`kill PID` of `scratchlm speedrun` (not of its process group): the trainer it started stops with a
+    checkpoint and frees its run directory, instead of training on, orphaned, after the speedrun is gone."""
+    shutil.copytree(REPO / "recipes" / "tiny", tmp_path / "tiny")
+    shutil.copy2(REPO / "recipes" / "pretrain.py", tmp_path / "pretrain.py")
+    out, recipe = tmp_path / "out", tmp_path / "tiny"
+    command = [shutil.which("scratchlm"), "speedrun", "--out", str(out), "--recipe", str(recipe)]
+    speedrun = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = RunDir(out / "runs" / "tiny" / "pretrain")
+    wait_for(lambda: run.holder() is not None and run.training_metrics(), what="the speedrun's pretraining to log")
+    speedrun.send_signal(signal.SIGTERM)
+    output = speedrun.communicate(timeout=120)[0]
+    assert speedrun.returncode == 2 and "speedrun step 'pretrain' failed" in output, output[-3000:]
+    wait_for(lambda: run.holder() is None, timeout=60, what="the trainer to stop")
+    state = json.loads((run.latest_checkpoint() / "trainer_state.json").read_text())
+    assert state["reason"] == "stop" and state["step"] < 600
+    assert "pretrain" not in json.loads((out / "speedrun.json").read_text())
+
+
 # Runs recipes/pretrain.py with one method replaced by a kill -9 of the process at a given step.
 DIE_AT = textwrap.dedent(
     """

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,7 +84,7 @@ def run_stage(stage: str, argv: list[str]) -> Path | None:
     command = [command_path("trl"), stage, *argv, *resume_arguments(recipe)]
     print(f"scratchlm: {model_dir} -> {output_dir}: running {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
-    if subprocess.run(command, env=env).returncode != 0:
+    if run_passing_sigterm(command, env=env) != 0:
         raise ScratchError(f"trl {stage} failed (its messages are above); {output_dir} keeps its checkpoints")
     finish_stage(stage, recipe, first_rows, wall_s=time.perf_counter() - start)
     return RunDir(output_dir).export
@@ -499,6 +500,18 @@ def command_path(name: str) -> str:
     """The console script installed beside this Python (a venv not on PATH still works)."""
     beside = Path(sys.executable).with_name(name)
     return str(beside) if beside.is_file() else shutil.which(name) or name
+
+
+def run_passing_sigterm(command: list[str], **popen) -> int:
+    """The command's exit status. SIGTERM to this process reaches it too: `kill PID` of a wrapper (the
+    speedrun, `scratchlm sft`) stops the work it started, which would otherwise train on, orphaned, holding
+    its run directory. Ctrl-C at a terminal signals the whole process group already."""
+    child = subprocess.Popen(command, **popen)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def first_line(err: BaseException) -> str:

@@ -14,13 +14,12 @@ the interrupted one resumes: its own command does, run again (pretraining from i
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 from .config import read_yaml
 from .errors import ScratchError
-from .posttrain import command_path
+from .posttrain import command_path, run_passing_sigterm
 from .report import build_report
 from .train.config import parse_pretrain_args
 
@@ -48,7 +47,7 @@ def speedrun(out: str | Path, recipe: str | Path) -> Path:
         start = time.perf_counter()
         for command in commands:
             print(f"  $ {' '.join([Path(command[0]).name, *command[1:]])}", flush=True)
-            if subprocess.run(command).returncode != 0:
+            if run_passing_sigterm(command) != 0:
                 raise ScratchError(
                     f"speedrun step '{name}' failed (its messages are above); fix the cause and run the same "
                     f"command again: finished steps are skipped and '{name}' resumes"
