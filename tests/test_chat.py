@@ -3,11 +3,13 @@ through a real terminal, as a person would (readline, Ctrl-C, /help); the sampli
 
 import contextlib
 import os
+import platform
 import pty
 import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,6 +65,19 @@ class Terminal:
         shown, self.seen = self.output[self.seen : end], end
         return shown
 
+    def wait_until_reading_keys(self, timeout: float = 60) -> None:
+        """Until readline waits on the terminal (its main thread blocked in pselect6 or read): a Ctrl-C that
+        comes after the prompt is printed but before readline waits is lost, and under load that gap is long."""
+        waiting = {"x86_64": {"0", "270"}, "aarch64": {"63", "72"}}.get(platform.machine())
+        syscall = Path(f"/proc/{self.pid}/syscall")
+        if waiting is None or not syscall.exists():
+            time.sleep(1)
+            return
+        deadline = time.monotonic() + timeout
+        while syscall.read_text().split()[0] not in waiting:
+            assert time.monotonic() < deadline, "chat never waited for a key"
+            time.sleep(0.05)
+
     def exit_code(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -104,8 +119,9 @@ def test_at_a_terminal_keys_edit_the_line_ctrl_c_stops_a_reply_and_slash_command
     shown = terminal.wait_for(b"assistant> ") + terminal.wait_for(b"you> ", timeout=300)
     assert b"(stopped)" not in shown and too_long not in shown
     # Ctrl-C at the prompt ends the session. Not the instant the prompt appears: that was lost in 1 run of 3 here
-    # (readline had printed the prompt but not yet begun to wait for keys); no person types that fast.
-    time.sleep(1)
+    # (readline had printed the prompt but not yet begun to wait for keys; a second after was not enough under
+    # CI's load); no person types that fast.
+    terminal.wait_until_reading_keys()
     terminal.type(b"\x03")
     assert terminal.exit_code() == 0
     assert b"Traceback" not in terminal.output and b"KeyboardInterrupt" not in terminal.output

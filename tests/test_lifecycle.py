@@ -64,7 +64,7 @@ def test_one_run_per_directory_signals_stop_cleanly_and_kill_9_frees_it(tmp_path
     third.wait(timeout=60)
     assert run.lock_file.is_file() and run.holder() is None
     resumed = launch(tmp_path, "--config", str(config), "--stop_at_step", str(stopped_at + 1), timeout=300)
-    assert f"resuming from {latest} at step {stopped_at}" in resumed.stdout
+    assert f"resuming from {latest} at step {stopped_at:,}" in resumed.stdout
 
 
 def test_sigterm_to_the_speedrun_stops_the_stage_it_runs(tmp_path):
