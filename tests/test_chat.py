@@ -6,6 +6,7 @@ import os
 import platform
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -48,6 +49,9 @@ class Terminal:
     def __init__(self, argv: list[str]):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the terminal is its stdin, stdout and stderr, and Ctrl-C signals it
+            # as at a shell, whatever this process ignores: pytest-xdist's workers ignore SIGINT, a disposition
+            # exec keeps, and Python then installs no KeyboardInterrupt for Ctrl-C at the prompt
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(sys.executable, [sys.executable, "-m", "scratchlm.cli", *argv], {**os.environ, "TERM": "xterm"})
         self.output, self.seen = b"", 0
 
@@ -67,7 +71,7 @@ class Terminal:
 
     def wait_until_reading_keys(self, timeout: float = 60) -> None:
         """Until readline waits on the terminal (its main thread blocked in pselect6 or read): a Ctrl-C that
-        comes after the prompt is printed but before readline waits is lost, and under load that gap is long."""
+        comes after the prompt is printed but before readline waits is lost."""
         waiting = {"x86_64": {"0", "270"}, "aarch64": {"63", "72"}}.get(platform.machine())
         syscall = Path(f"/proc/{self.pid}/syscall")
         if waiting is None or not syscall.exists():
@@ -119,8 +123,7 @@ def test_at_a_terminal_keys_edit_the_line_ctrl_c_stops_a_reply_and_slash_command
     shown = terminal.wait_for(b"assistant> ") + terminal.wait_for(b"you> ", timeout=300)
     assert b"(stopped)" not in shown and too_long not in shown
     # Ctrl-C at the prompt ends the session. Not the instant the prompt appears: that was lost in 1 run of 3 here
-    # (readline had printed the prompt but not yet begun to wait for keys; a second after was not enough under
-    # CI's load); no person types that fast.
+    # (readline had printed the prompt but not yet begun to wait for keys); no person types that fast.
     terminal.wait_until_reading_keys()
     terminal.type(b"\x03")
     assert terminal.exit_code() == 0
