@@ -71,7 +71,10 @@ def shards_dir(tmp_path_factory, default_dir, default_tokenizer):
     return out
 
 
+LONGEST_FIRST = ["test_speedrun.py", "test_pretrain.py"]  # ~10 and ~6 min of one worker
+
+
 def pytest_collection_modifyitems(items):
-    """The speedrun test's module fixture is the suite's longest unit of work (~10 min on one core): it
-    goes first, so the other worker runs everything else meanwhile instead of idling at the end."""
-    items.sort(key=lambda item: item.path.name != "test_speedrun.py")
+    """The longest files go out to the workers first, so neither idles while the other ends on one: the
+    speedrun test's module fixture alone is ~10 min on one core, and test_pretrain.py was the last file."""
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else 2)
