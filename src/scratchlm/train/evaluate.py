@@ -5,7 +5,16 @@ collective); rank 0 writes the records.
 A checkpoint is written before the evaluations of its step (a failing evaluation must not cost the
 steps since the last save), so a run killed in between would lose them for good: on resume,
 `catch_up` redoes those of the checkpoint's step that its records lack.
+
+Evaluations run eager even when training is compiled: their shapes (the validation batch, probe and CORE
+lengths, sampling's growing KV cache) would each be another compile of the decoder layer, and past torch's
+recompile limit (8) the rest run eager anyway, after minutes of compiling on a large model and with a
+warning in the log. Training keeps its graphs; evaluation is a small share of a run.
 """
+
+import contextlib
+
+import torch
 
 from ..eval.bpb import evaluate_bpb, token_byte_lengths
 from ..eval.chat import read_rows
@@ -31,8 +40,14 @@ class Evaluator:
     def samples_due(self, step: int, done: bool) -> bool:
         return bool(self.config.sample_steps) and (step % self.config.sample_steps == 0 or done)
 
+    def evaluating(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(autocast(self.world, self.bf16))
+        stack.enter_context(torch.compiler.set_stance("force_eager"))
+        return stack
+
     def maybe_run(self, step: int, tokens: int, done: bool) -> None:
-        with autocast(self.world, self.bf16):
+        with self.evaluating():
             if self.evaluation_due(step, done):
                 self.evaluate(step, tokens)
             if self.samples_due(step, done):
@@ -43,7 +58,7 @@ class Evaluator:
         evaluated = any(r.get("step") == step and "val_loss" in r for r in records)
         sampled = any(r.get("step") == step and "mode" in r for r in records)
         evaluated, sampled = self.world.broadcast((evaluated, sampled))
-        with autocast(self.world, self.bf16):
+        with self.evaluating():
             if self.evaluation_due(step, done) and not evaluated:
                 self.evaluate(step, tokens)
             if self.samples_due(step, done) and not sampled:
