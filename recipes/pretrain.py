@@ -7,6 +7,7 @@ continues a finished run. Keys: `python recipes/pretrain.py --help` (src/scratch
 SIGTERM or Ctrl-C stop the run after the current step, with a checkpoint.
 """
 
+import os
 import sys
 
 from scratchlm.errors import ScratchError
@@ -23,7 +24,7 @@ def main() -> int:
     except Stopped as stop:
         print(f"scratchlm: {stop}", file=sys.stderr)
         return 128 + stop.signum
-    if (run_dir / "export" / "config.json").is_file():
+    if (run_dir / "export" / "config.json").is_file() and os.environ.get("RANK", "0") == "0":  # once per launch
         print(f"done: {run_dir / 'export'}")
     return 0
 

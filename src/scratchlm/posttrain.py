@@ -152,8 +152,12 @@ def launch_env(stage: str, recipe: Recipe) -> dict:
     """The environment `trl` runs in, once accelerate's precision and wandb's logging are known to be right."""
     check_mixed_precision(recipe)
     env = dict(os.environ)
-    if not _has_cuda():  # `accelerate launch`, which TRL uses, pins each CPU process to one thread
-        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if not _has_cuda():
+        env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # `accelerate launch` pins each to one thread
+        # Without it, the processes of a multi-process accelerate config (cpu_2proc.yaml) each train alone
+        # on all the data and write the same output_dir: transformers sees a process group but no
+        # distributed accelerate state.
+        env.setdefault("ACCELERATE_USE_CPU", "true")
     if "wandb" in recipe.training.report_to:
         if importlib.util.find_spec("wandb") is None:
             raise ScratchError(f"{recipe.where}: report_to wandb needs `pip install wandb` (or report_to: none)")
