@@ -43,6 +43,14 @@ def small_model_dir(tmp_path_factory, tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
+def scratch_model_dir(tmp_path_factory, small_model_dir):
+    """The small model saved with our code beside it, as a model with options Llama lacks would be."""
+    from scratchlm.model.files import load_model, save_model
+
+    return save_model(*load_model(small_model_dir), tmp_path_factory.mktemp("scratch_model"), format="scratch")
+
+
+@pytest.fixture(scope="session")
 def default_dir(tmp_path_factory):
     """A small embedded default: 20 countries, ~150k tokens of pretraining text."""
     from scratchlm.data.default import write_default

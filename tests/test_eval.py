@@ -134,9 +134,10 @@ def test_the_export_is_complete_with_a_model_card(run):
     card = (export / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: text-generation\n")
     for expected in ("**pretrain** stage", "2 layers × 64", "- data: world (", "seen in this stage: 2,048 over 16",
-                     "final training loss: ", "![loss curve](loss.png)", "| probe acc |", "trust_remote_code=True",
+                     "final training loss: ", "![loss curve](loss.png)", "| probe acc |",
                      "## Intended use"):  # fmt: skip
         assert expected in card, expected
+    assert "trust_remote_code" not in card  # a stock llama checkpoint: nothing to trust
     generation = json.loads((export / "generation_config.json").read_text())
     tokenizer = json.loads((export / "tokenizer_config.json").read_text())
     assert generation["pad_token_id"] is not None and len(generation["eos_token_id"]) == 2

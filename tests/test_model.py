@@ -101,14 +101,15 @@ IDS = [[0, 5, 17, 300, 42, 9, 511]]
 
 
 def test_scratch_checkpoint_loads_without_scratchlm(small_model_dir, tmp_path):
+    scratch = save_model(*load_model(small_model_dir), tmp_path / "scratch", format="scratch")
     out = run_fresh(
         f"""
 import torch
 from transformers import AutoModelForCausalLM, pipeline
-model = AutoModelForCausalLM.from_pretrained({str(small_model_dir)!r}, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained({str(scratch)!r}, trust_remote_code=True)
 with torch.no_grad():
     logits = model(torch.tensor({IDS})).logits
-generator = pipeline("text-generation", model={str(small_model_dir)!r}, trust_remote_code=True)
+generator = pipeline("text-generation", model={str(scratch)!r}, trust_remote_code=True)
 text = generator("The capital of", max_new_tokens=5, do_sample=False)[0]["generated_text"]
 print(json.dumps({{"class": type(model).__name__, "module": type(model).__module__,
                   "logits": logits.tolist(), "text": text, "pipe_class": type(generator.model).__name__}}))

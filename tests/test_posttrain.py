@@ -56,7 +56,7 @@ def test_sft_runs_through_trl_and_lays_out_the_run(sft_run, small_model_dir):
     samples = read_jsonl(sft_run / "samples.jsonl")
     assert {s["step"] for s in samples} == {3, 6} and len(samples) == 6  # 3 prompts x 2 checkpoints
     model, tokenizer = load_model(sft_run / "export")
-    assert model.config.model_type == "scratch" and tokenizer.chat_template
+    assert model.config.model_type == "llama" and tokenizer.chat_template  # as it came in: Llama can express it
     assert model.generation_config.eos_token_id == [
         tokenizer.eos_token_id,
         tokenizer.convert_tokens_to_ids("<|im_end|>"),
@@ -120,9 +120,11 @@ def test_chat_eval_scores_answers_and_stops(sft_run, default_dir):
         ("no_remote_code", "set trust_remote_code: true"),
     ],
 )
-def test_sft_bad_input_fails_before_training(tmp_path, capsys, small_model_dir, default_dir, case, message):
+def test_sft_bad_input_fails_before_training(
+    tmp_path, capsys, small_model_dir, scratch_model_dir, default_dir, case, message
+):
     model, data = tmp_path / "model", default_dir / "chat" / "train.jsonl"
-    shutil.copytree(small_model_dir, model)
+    shutil.copytree(scratch_model_dir if case == "no_remote_code" else small_model_dir, model)
     overrides = {}
     if case == "no_messages":
         data = default_dir / "pretrain" / "math.jsonl"

@@ -87,12 +87,12 @@ def template_without_generation(tmp_path_factory, small_model_dir):
     ],
 )
 def test_overrides_mean_what_they_mean_to_trl(
-    tmp_path, capsys, small_model_dir, template_without_generation, default_dir, template, override, message
+    tmp_path, capsys, scratch_model_dir, template_without_generation, default_dir, template, override, message
 ):
     """`--key=value` is read, and `false` is false: the checks see the model and the flags TRL trains with.
     With assistant_only_loss off, a template without {% generation %} passes and the check after it (the
     data, text rows here) speaks."""
-    model = template_without_generation if template == "plain" else small_model_dir
+    model = template_without_generation if template == "plain" else scratch_model_dir
     elsewhere = str(tmp_path / "elsewhere")
     override, message = [o.replace("MODEL", elsewhere) for o in override], message.replace("MODEL", elsewhere)
     config = tiny_recipe(tmp_path, "sft", model, default_dir / "pretrain" / "math.jsonl")

@@ -151,7 +151,8 @@ def test_trl_recipes_parse_with_trl_and_leave_only_accelerate_keys(path, clean_e
         ["--config", str(path), *cpu], return_remaining_strings=True, separate_remaining_strings=True
     )
     training = parsed[1]
-    assert training.trust_remote_code and training.output_dir == f"runs/{path.parent.name}/{path.stem}"
+    # The exports they start from are stock llama checkpoints: no code is trusted.
+    assert not training.trust_remote_code and training.output_dir == f"runs/{path.parent.name}/{path.stem}"
     launch = resolve_accelerate_config_argument(from_config + from_cli)  # what TRL hands to accelerate
     from accelerate.commands.launch import launch_command_parser
 

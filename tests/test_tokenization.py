@@ -15,7 +15,6 @@ from conftest import random_documents
 from scratchlm.cli import main
 from scratchlm.data.sources import Source
 from scratchlm.errors import ScratchError
-from scratchlm.model.files import load_model, save_model
 from scratchlm.tokenization import BOS, EOS, IM_END, PAD, check_tokenizer_fits, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,14 +176,13 @@ print(json.dumps({"loaded": loaded, "imported": imported}))
 """
 
 
-def test_tokenizers_load_with_no_model_code(tokenizer_dir, small_model_dir, tmp_path):
-    save_model(*load_model(small_model_dir), tmp_path / "llama", format="llama")
+def test_tokenizers_load_with_no_model_code(tokenizer_dir, small_model_dir, scratch_model_dir, tmp_path):
     loads = [
         (str(tokenizer_dir), {}),  # what `tokenizer train` writes: no config.json, nothing to ask
-        (str(tmp_path / "llama"), {}),  # a stock llama config: nothing to ask either
+        (str(small_model_dir), {}),  # what every model Llama can express is saved as: nothing to ask either
         # A `scratch` export: transformers 5 reads config.json (our auto_map) before tokenizer_config.json and
         # would ask whether to run the model's code; trust_remote_code=False says no up front (tokenizer/README.md).
-        (str(small_model_dir), {"trust_remote_code": False}),
+        (str(scratch_model_dir), {"trust_remote_code": False}),
     ]
     result = subprocess.run(
         [sys.executable, "-c", FRESH_LOAD, json.dumps(loads)],

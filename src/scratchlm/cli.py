@@ -93,15 +93,16 @@ def add_model_parsers(commands) -> None:
     init.add_argument("--seed", type=int, default=0, help="initialisation seed")
     init.set_defaults(run=run_model_init)
 
-    export = commands.add_parser("export", help="a model directory or training checkpoint as scratch or stock llama")
+    export = commands.add_parser("export", help="a model directory or training checkpoint as stock llama or scratch")
     export.add_argument("checkpoint", help="model directory or runs/<run>/checkpoints/step_XXXXXXXX")
     export.add_argument("--out", required=True, help="directory to write (with a model card, README.md)")
     export.add_argument(
         "--format",
-        choices=["scratch", "llama", "bitnet-packed"],
-        default="scratch",
-        help="scratch: our code saved beside it (trust_remote_code=True); llama: no code needed (models without "
-        "custom options); bitnet-packed: 2 bits per BitNet weight",
+        choices=["auto", "scratch", "llama", "bitnet-packed"],
+        default="auto",
+        help="llama: no code needed (models without custom options); scratch: our code saved beside it "
+        "(trust_remote_code=True); auto: llama when the model can be one, else scratch; bitnet-packed: 2 bits per "
+        "BitNet weight",
     )
     export.set_defaults(run=run_export)
 
@@ -304,7 +305,7 @@ def run_model_init(args) -> None:
 
 def run_export(args) -> None:
     from .model.card import write_model_card, write_plain_model_card
-    from .model.files import load_model_from, save_model
+    from .model.files import load_model_from, resolved_format, save_model
 
     source = Path(args.checkpoint)
     run, step = run_of(source)
@@ -314,7 +315,7 @@ def run_export(args) -> None:
         model.config.training_seq_len = plan["seq_len"]  # `eval bpb` measures at the length it was trained with
     out = save_model(model, tokenizer, args.out, args.format)
     card = write_model_card(run, training_data(run), out, step) if run is not None else write_plain_model_card(out)
-    print(f"wrote {out} ({args.format}) with its model card {card.name}")
+    print(f"wrote {out} ({resolved_format(args.format, model.config)}) with its model card {card.name}")
 
 
 def run_of(source: Path):

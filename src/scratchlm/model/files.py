@@ -1,10 +1,16 @@
-"""Model directories on disk: create, load with checks, save as `scratch` or stock `llama`.
+"""Model directories on disk: create, load with checks, save as stock `llama` or as `scratch`.
 
 A model directory is a complete Hugging Face checkpoint: safetensors weights, config.json (with our
 code beside it for `scratch`), generation_config.json and the tokenizer. Everything that reads one
 goes through `load_model`, so a corrupt config or a tokenizer that does not fit is caught there.
+
+The `auto` format, every save's default, writes a stock llama checkpoint whenever the model is one: it
+loads anywhere (vLLM, llama.cpp's converter) with no code to trust, and nothing asks whether to run any.
+For example, transformers' AutoTokenizer reads config.json first and, on seeing our code's auto_map at a
+terminal, asks. Only models with options Llama lacks (a logit soft-cap, BitNet) are saved as `scratch`.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -23,7 +29,7 @@ from ..tokenization import IM_END, check_tokenizer_fits, load_tokenizer
 from . import ScratchConfig, ScratchForCausalLM
 from .bitnet import is_packed, load_packed, save_packed
 
-FORMATS = ("scratch", "llama", "bitnet-packed")
+FORMATS = ("auto", "scratch", "llama", "bitnet-packed")
 
 
 def attention_backend(document_masking: bool = False) -> str:
@@ -109,12 +115,15 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
     return model, tokenizer
 
 
-def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -> Path:
+def save_model(model, tokenizer, out_dir: str | Path, format: str = "auto") -> Path:
     """Write `model` (+ tokenizer and generation config) as a self-contained checkpoint."""
     if format not in FORMATS:
         raise ScratchError(f"unknown export format '{format}'; choose one of {', '.join(FORMATS)}")
+    format = resolved_format(format, model.config)
     if format == "llama":
         model = as_stock_llama(model)
+    elif format == "scratch":
+        model = as_scratch(model)
     out_dir = Path(out_dir)
     if tokenizer is not None:
         model.generation_config = generation_config(tokenizer)
@@ -129,6 +138,13 @@ def save_model(model, tokenizer, out_dir: str | Path, format: str = "scratch") -
     return out_dir
 
 
+def resolved_format(format: str, config) -> str:
+    """`auto` made definite: llama when the model can be one, else scratch."""
+    if format != "auto":
+        return format
+    return "scratch" if isinstance(config, ScratchConfig) and config.llama_incompatibilities() else "llama"
+
+
 def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
     """The same weights under `model_type: llama`, loadable with no remote code at all."""
     config = model.config
@@ -138,7 +154,7 @@ def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
             f"cannot export as llama: the model uses {', '.join(problems)}, which stock Llama lacks; "
             "export with --format scratch (loads with trust_remote_code=True)"
         )
-    llama_keys = set(LlamaConfig.__dataclass_fields__) | {"training_seq_len"}  # an extra key: `eval bpb` reads it
+    llama_keys = set(LlamaConfig.__dataclass_fields__) | {"training_seq_len", "training_stage"}  # `eval bpb`, `chat`
     values = {k: v for k, v in config.to_dict().items() if k in llama_keys}
     llama_config = LlamaConfig(**values)
     with torch.device("meta"):
@@ -147,6 +163,21 @@ def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
     llama.tie_weights()
     llama.generation_config = model.generation_config
     return llama.to(model.dtype)
+
+
+def as_scratch(model) -> ScratchForCausalLM:
+    """A stock llama model as our class, with the same weights: for midtraining and `--format scratch`."""
+    if isinstance(model, ScratchForCausalLM):
+        return model
+    known = {f.name for f in dataclasses.fields(ScratchConfig)}
+    config = ScratchConfig(**{k: v for k, v in model.config.to_dict().items() if k in known})
+    for name in ("training_seq_len", "training_stage"):  # what `eval bpb` and `chat` read, kept
+        if hasattr(model.config, name):
+            setattr(config, name, getattr(model.config, name))
+    ours = ScratchForCausalLM(config)
+    ours.load_state_dict(model.state_dict())
+    ours.generation_config = model.generation_config
+    return ours.to(model.dtype)
 
 
 def generation_config(tokenizer) -> GenerationConfig:

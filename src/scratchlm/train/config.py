@@ -133,7 +133,9 @@ class PretrainConfig:
     save_minutes: Annotated[float, not_negative] = key(0.0, "also save when this many minutes passed since the last")
     save_total_limit: Annotated[int, positive] = key(3, "checkpoints kept, besides milestones")
     milestones: list[int] = key([], "steps whose checkpoints are saved and never deleted")
-    export_format: Annotated[str, one_of("scratch", "llama", "bitnet-packed")] = key("scratch", "the export's format")
+    export_format: Annotated[str, one_of("auto", "scratch", "llama", "bitnet-packed")] = key(
+        "auto", "the export's format (auto: stock llama unless the model has options Llama lacks)"
+    )
     # Hub backup: the token comes from HF_TOKEN or `hf auth login`, never from here.
     push_to_hub: bool = key(False, "upload each checkpoint (branch step_XXXXXXXX) and the export (main)")
     hub_model_id: str = key("", "owner/name of the Hub repository")

@@ -21,7 +21,7 @@ from ..hub import CheckpointUploader, check_write_access, resolve_model_source
 from ..model import ScratchConfig, ScratchForCausalLM
 from ..model.bitnet import bitnet_stats
 from ..model.card import write_model_card
-from ..model.files import attention_backend, export_model, load_model_from
+from ..model.files import as_scratch, attention_backend, export_model, load_model_from
 from ..model.info import model_stats
 from ..model.loss import liger_loss
 from ..model.presets import build_config
@@ -344,12 +344,7 @@ def load_initial_weights(source: str, tokenizer):
             f"init_from {source} was trained with another tokenizer than the one this run's data "
             "was prepared with; prepare the data with the model's tokenizer"
         )
-    if not isinstance(model, ScratchForCausalLM):  # a stock llama export: continue as our class
-        known = ScratchConfig.__dataclass_fields__
-        config = build_config({k: v for k, v in model.config.to_dict().items() if k in known})
-        ours = ScratchForCausalLM(config)
-        ours.load_state_dict(model.state_dict())
-        model = ours
+    model = as_scratch(model)  # a stock llama export continues as our class
     return model, model.config
 
 
