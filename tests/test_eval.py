@@ -66,7 +66,7 @@ def test_lm_eval_harness_runs_on_an_export_and_agrees_with_probe_accuracy(run, d
     command = [
         shutil.which("lm_eval"),
         "--model", "hf",
-        "--model_args", f"pretrained={run / 'export'},trust_remote_code=True,add_bos_token=True",
+        "--model_args", f"pretrained={run / 'export'},add_bos_token=True",
         "--tasks", "scratchlm_probes",
         "--include_path", str(default_dir / "lm_eval"),
         "--device", "cpu",

@@ -332,7 +332,7 @@ def test_lm_eval_task_reads_the_copy_it_sits_in(tmp_path, capsys, small_model_di
     command = [
         shutil.which("lm_eval"),
         "--model", "hf",
-        "--model_args", f"pretrained={small_model_dir},trust_remote_code=True,add_bos_token=True",
+        "--model_args", f"pretrained={small_model_dir},add_bos_token=True",
         "--tasks", "scratchlm_probes",
         "--include_path", str(moved / "lm_eval"),
         "--device", "cpu",
