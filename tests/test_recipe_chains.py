@@ -6,8 +6,8 @@ Scaled down means a 2-layer model, 64-token windows and a few steps, at most two
 CPU cannot do swapped for what it can. Pretraining and midtraining keep the recipes' own accelerate
 configs, FSDP2 included (on gloo). TRL's stages train in fp32, since on a CPU transformers refuses bf16,
 and in one process under cpu_2proc.yaml: two TRL processes on gloo sometimes do not exit after saving
-(1 run in 3 here, as the process group is torn down; pytorch/pytorch#75097 reports the same). With
-2x4090_fsdp2.yaml they do not exit either; an NCCL run is the device's to check.
+(1 run in 3 here, as the process group is torn down; pytorch/pytorch#75097 reports the same), and under
+2x4090_fsdp2.yaml the one run tried did not exit either. An NCCL run is the device's to check.
 """
 
 import json
