@@ -79,7 +79,7 @@ def shards_dir(tmp_path_factory, default_dir, default_tokenizer):
     return out
 
 
-LONGEST_FIRST = ["test_speedrun.py", "test_pretrain.py"]  # ~10 and ~6 min of one worker
+LONGEST_FIRST = ["test_speedrun.py", "test_pretrain.py", "test_recipe_chains.py"]  # ~10, ~6, ~4.5 min
 
 
 def pytest_collection_modifyitems(items):
