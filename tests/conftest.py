@@ -85,4 +85,5 @@ LONGEST_FIRST = ["test_speedrun.py", "test_pretrain.py", "test_recipe_chains.py"
 def pytest_collection_modifyitems(items):
     """The longest files go out to the workers first, so neither idles while the other ends on one: the
     speedrun test's module fixture alone is ~10 min on one core, and test_pretrain.py was the last file."""
-    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else 2)
+    order = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))
