@@ -8,7 +8,8 @@ loss_from_hidden=lm_loss: the decoder, then the chunked loss), and compares:
 - saved: the bytes autograd saves for backward (saved-tensor hooks, by storage while alive), split
   into activations (+ weight copies) and the loss's saved gradients; compiled rows too;
 - live / peak (eager rows): bytes held after the forward and the peak over forward and backward,
-  above weights, gradients and optimizer state, with torch's MemTracker.
+  above weights, gradients and optimizer state, with torch's MemTracker
+(the measuring tools are src/scratchlm/train/measure.py).
 
     python benchmarks/memory_validation.py            # CPU: writes benchmarks/results/memory_validation.json
     python benchmarks/memory_validation.py --cuda     # GPU: the rows scaled up (CUDA_SCALE), and
@@ -28,14 +29,8 @@ import torch
 
 from scratchlm.model.modeling_scratch import ScratchForCausalLM
 from scratchlm.model.presets import build_config
-from scratchlm.train.memory import (
-    SavedTensors,
-    TrainingSetup,
-    estimate_memory,
-    measure_micro_step,
-    parameter_counts,
-    training_forward,
-)
+from scratchlm.train.measure import SavedTensors, measure_micro_step, training_forward
+from scratchlm.train.memory import TrainingSetup, estimate_memory, parameter_counts
 from scratchlm.train.parallel import checkpoint_layers
 
 BASE = dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=176, vocab=1000, seq=64, batch=2)

@@ -22,15 +22,8 @@ from scratchlm.cli import main
 from scratchlm.errors import ScratchError
 from scratchlm.model.modeling_scratch import ScratchForCausalLM
 from scratchlm.model.presets import build_config
-from scratchlm.train.memory import (
-    SavedTensors,
-    TrainingSetup,
-    check_fits,
-    estimate_memory,
-    measure_micro_step,
-    parameter_counts,
-    training_forward,
-)
+from scratchlm.train.measure import SavedTensors, measure_micro_step, training_forward
+from scratchlm.train.memory import TrainingSetup, check_fits, estimate_memory, parameter_counts
 from scratchlm.train.parallel import checkpoint_layers
 from scratchlm.train.plan import GPUS, device_profile, gpu_profile, peak_flops_of
 

@@ -59,7 +59,7 @@ def test_compile_covers_every_layer_once_under_fsdp2(tmp_path, processes):
 def test_selective_checkpointing_keeps_more_than_full_and_less_than_none_for_the_same_gradients():
     from helpers import small_config
     from scratchlm.model import ScratchForCausalLM
-    from scratchlm.train.memory import measure_micro_step
+    from scratchlm.train.measure import measure_micro_step
     from scratchlm.train.parallel import checkpoint_layers
 
     generator = torch.Generator().manual_seed(0)
