@@ -48,7 +48,15 @@ def time_steps(masking: bool, steps: int) -> float:
                             document_masking=masking)  # fmt: skip
     world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    stepper = Stepper(model, optimizer, windows(steps + 1), 1, world, False, config)
+    stepper = Stepper(
+        model=model,
+        optimizer=optimizer,
+        loader=windows(steps + 1),
+        accumulation=1,
+        world=world,
+        bf16=False,
+        config=config,
+    )
     stepper.step(0, False, lambda: None)  # warm-up
     start = time.perf_counter()
     for step in range(steps):

@@ -34,7 +34,8 @@ from scratchlm.eval.chat import read_rows  # noqa: E402
 from scratchlm.eval.core import evaluate_core, load_bundle  # noqa: E402
 from scratchlm.eval.probes import probe_accuracy  # noqa: E402
 from scratchlm.model import ScratchForCausalLM  # noqa: E402
-from scratchlm.model.files import attention_backend, load_for_evaluation, load_model, load_model_from  # noqa: E402
+from scratchlm.model.attention import choose as choose_attention  # noqa: E402
+from scratchlm.model.files import load_for_evaluation, load_model, load_model_from  # noqa: E402
 from scratchlm.model.loss import liger_loss, lm_loss, plain_lm_loss  # noqa: E402
 from scratchlm.model.modeling_scratch import SoftCappedLinear  # noqa: E402
 from scratchlm.model.presets import build_config  # noqa: E402
@@ -235,7 +236,7 @@ def correctness_checks(report, runs: LoopRuns, results: dict, device: torch.devi
         if importlib.util.find_spec("flash_attn") is not None:
             raise NotRun("flash-attn is installed here")
         said = "attention sdpa" in results["accum_8x1"].result()
-        chosen = attention_backend(document_masking=False)
+        chosen = choose_attention(document_masking=False)
         return said and chosen == "sdpa", {"attention_backend": chosen, "run_said_attention_sdpa": said}
 
     def fsdp_resume():
@@ -356,7 +357,16 @@ class Masking:
             return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten())
 
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-        stepper = Stepper(trained, optimizer, iter([self.batch()]), 1, world, False, config, loss_keeping_logits)
+        stepper = Stepper(
+            model=trained,
+            optimizer=optimizer,
+            loader=iter([self.batch()]),
+            accumulation=1,
+            world=world,
+            bf16=False,
+            config=config,
+            loss_fn=loss_keeping_logits,
+        )
         result = stepper.step(1, False, lambda: None)
         difference = self.differences(captured[0], reference)
         figures = {"max_logit_difference": difference, "tolerance": self.tolerance, "loss": result.loss}

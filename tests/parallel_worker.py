@@ -100,14 +100,30 @@ def main() -> None:
     loader = batches(world, accumulation, steps)
     if mode == "grads":
         optimizer = RecordingOptimizer(unwrapped(wrapped))
-        Stepper(wrapped, optimizer, loader, accumulation, world, config.bf16, config).step(1, False, lambda: None)
+        Stepper(
+            model=wrapped,
+            optimizer=optimizer,
+            loader=loader,
+            accumulation=accumulation,
+            world=world,
+            bf16=config.bf16,
+            config=config,
+        ).step(1, False, lambda: None)
         if world.main:
             save_file({k: v.contiguous() for k, v in optimizer.grads[0].items()}, str(out / "grads.safetensors"))
     else:
         from torch._dynamo.utils import get_compilation_metrics
 
         optimizer = torch.optim.AdamW(unwrapped(wrapped).parameters(), lr=1e-3)
-        stepper = Stepper(wrapped, optimizer, loader, accumulation, world, config.bf16, config)
+        stepper = Stepper(
+            model=wrapped,
+            optimizer=optimizer,
+            loader=loader,
+            accumulation=accumulation,
+            world=world,
+            bf16=config.bf16,
+            config=config,
+        )
         record = {"losses": [], "calls": [], "graphs": [], "recompiles": []}
         for step in range(1, steps + 1):
             before = stats["calls"]

@@ -92,7 +92,16 @@ def test_the_training_step_keeps_packed_documents_apart(attn, checkpointing, com
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    stepper = Stepper(trained, optimizer, iter([packed_batch()]), 1, WORLD, False, config, loss_keeping_logits)
+    stepper = Stepper(
+        model=trained,
+        optimizer=optimizer,
+        loader=iter([packed_batch()]),
+        accumulation=1,
+        world=WORLD,
+        bf16=False,
+        config=config,
+        loss_fn=loss_keeping_logits,
+    )
     result = stepper.step(1, False, lambda: None)
     assert result.loss > 0 and result.grad_norm > 0  # it did train on the batch
     assert differences(captured[0], reference) <= TOLERANCE

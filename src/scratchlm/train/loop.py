@@ -18,10 +18,10 @@ from ..data.loader import WindowLoader
 from ..data.shards import TokenShards
 from ..errors import ScratchError
 from ..hub import CheckpointUploader, check_write_access, resolve_model_source
-from ..model import ScratchConfig, ScratchForCausalLM
+from ..model import ScratchConfig, ScratchForCausalLM, attention
 from ..model.bitnet import bitnet_stats
 from ..model.card import write_model_card
-from ..model.files import as_scratch, attention_backend, export_model, load_model_from
+from ..model.files import as_scratch, export_model, load_model_from
 from ..model.info import model_stats
 from ..model.loss import liger_loss
 from ..model.presets import build_config
@@ -108,7 +108,7 @@ def fit(t: Training) -> None:
         while not t.state.done:
             step = t.state.step
             lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
-            set_hyperparameters(t.optimizer, lr, weight_decay)
+            set_hyperparameters(t.optimizer, lr, weight_decay, step)
             result = t.stepper.step(step + 1, stop.requested is not None, t.checkpointer.latest)
             t.state.advance(t.plan.tokens_per_step, usd_per_hour)
             t.state.skipped_steps += result.skipped
@@ -249,7 +249,8 @@ def setup(config: PretrainConfig) -> Training:
     return Training(
         config=config, world=world, run=run, lock=lock, model=model, model_config=model_config, tokenizer=tokenizer,
         optimizer=optimizer, loader=loader, plan=plan, schedule=schedule, state=state, checkpointer=checkpointer,
-        stepper=Stepper(model, optimizer, loader, plan.accumulation, world, bf16, config),
+        stepper=Stepper(model=model, optimizer=optimizer, loader=loader, accumulation=plan.accumulation, world=world,
+                        bf16=bf16, config=config),
         evaluator=evaluator, meter=Meter(plan, peak, world.size, world.device), log=log, progress=progress,
         resumed_from=resume_from,
     )  # fmt: skip
@@ -326,9 +327,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     model_config.bos_token_id = tokenizer.bos_token_id
     model_config.eos_token_id = tokenizer.eos_token_id
     model_config.pad_token_id = tokenizer.pad_token_id
-    model_config._attn_implementation = config.attn_implementation or attention_backend(config.document_masking)
-    if model_config._attn_implementation == "flex_attention" and not torch.cuda.is_available():
-        raise ScratchError("attn_implementation flex_attention trains only on a GPU (torch has no CPU backward for it)")
+    model_config._attn_implementation = attention.for_training(config.attn_implementation, config.document_masking)
     if model is None:
         model = ScratchForCausalLM(model_config)
     model.config._attn_implementation = model_config._attn_implementation

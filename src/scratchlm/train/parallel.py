@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ScratchError
+from ..model.attention import SDPA_KERNELS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -148,14 +149,8 @@ def _keep_matmul_outputs(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _EXPENSIVE_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-_aten = torch.ops.aten
-_EXPENSIVE_OPS = {
-    _aten.mm.default, _aten.addmm.default, _aten.bmm.default,
-    *(getattr(_aten, name).default for name in (
-        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
-        "_flash_attention_forward", "_efficient_attention_forward") if hasattr(_aten, name)),
-}  # fmt: skip
+# The matmuls and attention's kernels (model/attention.py names sdpa's).
+_EXPENSIVE_OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default, *SDPA_KERNELS}
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
@@ -178,9 +173,10 @@ def autocast(world: World, bf16: bool):
     return torch.autocast(world.device.type, dtype=torch.bfloat16)
 
 
-def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
-    """The global gradient norm before clipping (over every rank's shards under FSDP2)."""
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """The global gradient norm before clipping (over every rank's shards under FSDP2), as a tensor on the
+    device: reading its value is the caller's choice (a host synchronisation; fake tensors have none)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
-    return float(norm)
+    return norm

@@ -1,4 +1,11 @@
-"""One optimizer step: micro-batches, loss, backward, clipping, and what to do with a non-finite loss."""
+"""One optimizer step: micro-batches, loss, backward, clipping, and what to do with a non-finite loss.
+
+The step is cut in two. `Stepper.accumulate` and `Stepper.clip` are the device work (forwards,
+backwards, gradient sync, clipping) and never read a tensor's value on the host: the rehearsal
+(train/rehearse.py) runs exactly this code on fake tensors, which refuse `.item()` and `float()`.
+`Stepper.step` adds what needs values: the one collective the ranks agree on, the finiteness check
+and the optimizer step it decides.
+"""
 
 import math
 from dataclasses import dataclass
@@ -27,7 +34,18 @@ def training_loss(config):
 
 
 class Stepper:
-    def __init__(self, model, optimizer, loader, accumulation: int, world: World, bf16: bool, config, loss_fn=None):
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,  # what wrap_model returned
+        optimizer: torch.optim.Optimizer,
+        loader,  # an iterator of micro-batches (input_ids, labels, position_ids, window_ids)
+        accumulation: int,
+        world: World,
+        bf16: bool,
+        config,  # PretrainConfig: document_masking, max_grad_norm, on_nonfinite, torch_compile
+        loss_fn=None,  # (hidden, lm_head, labels) -> loss; default training_loss(config)
+    ):
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.accumulation, self.world, self.bf16, self.config = accumulation, world, bf16, config
         self.loss_fn = loss_fn or training_loss(config)
@@ -36,23 +54,14 @@ class Stepper:
     def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
         """Optimizer step `number` (1-based); `last_good()` names the checkpoint to go back to when the loss
         is not finite."""
-        loss_sum = torch.zeros((), device=self.world.device)
         # The step's micro-batches are taken (and copied to the GPU, pinned and non-blocking) before any
         # compute is queued: no host synchronisation inside the loop, and the loader's position is exactly
         # what the step consumed, for the checkpoint.
         batches = [next(self.loader) for _ in range(self.accumulation)]
         checksum = sum(window_checksum(b["window_ids"]) for b in batches)
         batches = [self.on_device(b) for b in batches]
-        for micro, batch in enumerate(batches):
-            kwargs = {"labels": batch["labels"], "loss_from_hidden": self.loss_fn}
-            if self.config.document_masking:
-                kwargs["position_ids"] = batch["position_ids"]
-            with gradient_sync(self.model, micro == self.accumulation - 1), autocast(self.world, self.bf16):
-                loss = self.model(input_ids=batch["input_ids"], **kwargs)
-            (loss / self.accumulation).backward()
-            loss_sum += loss.detach()
-            del loss  # nothing of this micro-batch's graph outlives it
-        grad_norm = clip_grad_norm(self.model, self.max_norm)
+        loss_sum = self.accumulate(batches)
+        grad_norm = float(self.clip())
         # One collective for everything the ranks must agree on.
         total, checksum, stops = self.world.sum([loss_sum.item(), checksum, float(stop_requested)])
         mean_loss = total / (self.accumulation * self.world.size)
@@ -67,6 +76,29 @@ class Stepper:
                 f"last good checkpoint: {last_good() or 'none yet'}"
             )
         return StepResult(mean_loss, grad_norm, int(checksum), not finite, stops > 0, batches[0]["input_ids"])
+
+    def accumulate(self, batches: list[dict]) -> torch.Tensor:
+        """Forward and backward of each micro-batch, gradients synchronised on the last one only (FSDP2
+        keeps unsharded gradients meanwhile); the summed loss, as a tensor on the device."""
+        loss_sum = torch.zeros((), device=self.world.device)
+        for micro, batch in enumerate(batches):
+            loss_sum += self.micro_step(batch, sync=micro == len(batches) - 1)
+        return loss_sum
+
+    def micro_step(self, batch: dict, sync: bool) -> torch.Tensor:
+        """One micro-batch's forward (the decoder, then the loss from its hidden states) and backward, its
+        loss scaled by the accumulation; returns the loss, detached, so nothing of its graph outlives it."""
+        kwargs = {"labels": batch["labels"], "loss_from_hidden": self.loss_fn}
+        if self.config.document_masking:
+            kwargs["position_ids"] = batch["position_ids"]
+        with gradient_sync(self.model, sync), autocast(self.world, self.bf16):
+            loss = self.model(input_ids=batch["input_ids"], **kwargs)
+        (loss / self.accumulation).backward()
+        return loss.detach()
+
+    def clip(self) -> torch.Tensor:
+        """Clip the gradients to max_grad_norm; the global norm before clipping, as a tensor."""
+        return clip_grad_norm(self.model, self.max_norm)
 
     def on_device(self, batch: dict) -> dict:
         device = self.world.device
