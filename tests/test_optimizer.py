@@ -1,18 +1,34 @@
-"""AdamW's parameter groups and the schedule's hyperparameters on them: matrices decay, norms and biases never
-do, the embeddings (and a tied or untied LM head) only when asked."""
+"""The optimizers in one process: AdamW's groups (matrices decay, norms and biases never do, embeddings only
+when asked); Muon's groups by kind and their learning rates, its update against torch.optim.Muon's, its AdamW
+against torch's, the schedule on every group, the state each keeps against what the planner counts, and the
+models it refuses."""
 
+import math
+
+import pytest
 import torch
 
 from helpers import small_config
+from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.train.config import PretrainConfig
-from scratchlm.train.optimizer import build_optimizer, set_hyperparameters
+from scratchlm.train.optimizer import (
+    build_optimizer,
+    held_state_bytes,
+    orthogonalize,
+    set_hyperparameters,
+    state_bytes,
+    step_transient_bytes,
+)
+
+
+def pretrain_config(**keys) -> PretrainConfig:
+    return PretrainConfig(output_dir="x", model_preset="tiny", data_dir="x", max_steps=1, **keys)
 
 
 def groups(tied: bool, embedding_weight_decay: bool) -> tuple[set[str], set[str], torch.optim.Optimizer]:
     model = ScratchForCausalLM(small_config(tie_word_embeddings=tied))
-    config = PretrainConfig(output_dir="x", model_preset="tiny", data_dir="x", max_steps=1, weight_decay=0.1,
-                            embedding_weight_decay=embedding_weight_decay)  # fmt: skip
+    config = pretrain_config(weight_decay=0.1, embedding_weight_decay=embedding_weight_decay)
     optimizer = build_optimizer(model, config)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for g in optimizer.param_groups if g["wd_scale"] for p in g["params"]}
@@ -36,16 +52,16 @@ def test_norms_never_decay_and_embeddings_only_when_asked():
 
 def test_the_schedule_sets_lr_and_decay_on_every_group():
     _, _, optimizer = groups(tied=True, embedding_weight_decay=False)
-    set_hyperparameters(optimizer, lr=2e-4, weight_decay=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW)  # adamw is torch's own: the same numbers as before muon
+    set_hyperparameters(optimizer, lr=2e-4, weight_decay=0.05, step=10)
     assert [g["lr"] for g in optimizer.param_groups] == [2e-4, 2e-4]
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.05, 0.0]  # norms stay at zero
 
 
 def test_a_step_decays_only_the_decayed_group():
     model = ScratchForCausalLM(small_config())
-    config = PretrainConfig(output_dir="x", model_preset="tiny", data_dir="x", max_steps=1, weight_decay=0.5)
-    optimizer = build_optimizer(model, config)
-    set_hyperparameters(optimizer, lr=0.1, weight_decay=0.5)
+    optimizer = build_optimizer(model, pretrain_config(weight_decay=0.5))
+    set_hyperparameters(optimizer, lr=0.1, weight_decay=0.5, step=0)
     norm, matrix = model.model.norm.weight, model.model.layers[0].mlp.up_proj.weight
     before = norm.detach().clone(), matrix.detach().clone()
     for p in model.parameters():
@@ -53,3 +69,136 @@ def test_a_step_decays_only_the_decayed_group():
     optimizer.step()
     torch.testing.assert_close(norm, before[0], rtol=0, atol=0)
     torch.testing.assert_close(matrix, before[1] * (1 - 0.1 * 0.5), rtol=1e-6, atol=0)
+
+
+# --- Muon -------------------------------------------------------------------------------------------
+
+
+def muon_model(**overrides):
+    torch.manual_seed(0)
+    model = ScratchForCausalLM(small_config(**overrides))  # hidden 64, ffn 128
+    config = pretrain_config(optimizer="muon", learning_rate=1e-3, weight_decay=0.1)
+    return model, build_optimizer(model, config)
+
+
+def group_of(optimizer, param) -> dict:
+    (group,) = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+    return group
+
+
+@pytest.mark.parametrize("bitnet", [False, True])
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest_at_nanochats_rates(bitnet):
+    model, optimizer = muon_model(tie_word_embeddings=False, bitnet=bitnet)
+    width = (64 / 768) ** -0.5
+    seen = []
+    for name, param in model.named_parameters():
+        group = group_of(optimizer, param)
+        seen.append(name)
+        if name == "model.embed_tokens.weight":
+            assert (group["kind"], group["lr"]) == ("adamw", pytest.approx(0.2 * width)), name
+        elif name == "lm_head.weight":
+            assert (group["kind"], group["lr"]) == ("adamw", pytest.approx(0.004 * width)), name
+        elif param.ndim == 1:  # norms, BitNet's input norms
+            assert (group["kind"], group["lr"], group["wd_scale"]) == ("adamw", 1e-3, 0.0), name
+        else:
+            rows, cols = param.shape
+            assert group["kind"] == "muon" and group["wd_scale"] == 1.0, name
+            assert group["lr"] == pytest.approx(0.02 * math.sqrt(max(1, rows / cols))), name
+    assert len(seen) == sum(len(g["params"]) for g in optimizer.param_groups)  # each parameter once
+    up, down = model.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.down_proj.weight
+    assert group_of(optimizer, up)["lr"] == pytest.approx(0.02 * math.sqrt(2))
+    assert group_of(optimizer, down)["lr"] == 0.02
+    if bitnet:
+        assert any("input_norm" in n for n in seen)
+
+
+def test_the_schedule_scales_every_group_and_warms_muons_momentum():
+    model, optimizer = muon_model()
+    peaks = [g["lr"] for g in optimizer.param_groups]
+    for step, momentum in ((0, 0.85), (150, 0.90), (300, 0.95), (5000, 0.95)):
+        set_hyperparameters(optimizer, lr=0.5e-3, weight_decay=0.1, step=step)  # half the peak learning_rate
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([p / 2 for p in peaks])
+        for group in optimizer.param_groups:
+            assert group["weight_decay"] == 0.1 * group["wd_scale"]
+            if group["kind"] == "muon":
+                assert group["momentum"] == pytest.approx(momentum), step
+
+
+def test_orthogonalize_brings_every_singular_value_near_one():
+    """From singular values spread over 100x to about [0.7, 1.2] (the quintic's band, not exactly 1)."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, cols in ((64, 128), (128, 64), (48, 48)):
+        k = min(rows, cols)
+        u, _ = torch.linalg.qr(torch.randn(rows, k, generator=generator))
+        v, _ = torch.linalg.qr(torch.randn(cols, k, generator=generator))
+        update = u @ torch.diag(torch.logspace(-2, 0, k)) @ v.T
+        singular = torch.linalg.svdvals(orthogonalize(update, steps=5))
+        assert singular.min() > 0.6 and singular.max() < 1.25, (rows, cols, singular.min(), singular.max())
+
+
+def test_muons_steps_match_torchs_muon_and_its_adamw_torchs_adamw():
+    """Three steps of ours against torch.optim.Muon (bf16 Newton-Schulz, hence the tolerance) and AdamW (exact
+    algebra, fp32 rounding) from the same weights and gradients."""
+    model, optimizer = muon_model()
+    matrix, embedding = model.model.layers[1].mlp.up_proj.weight, model.model.embed_tokens.weight  # 128 x 64
+    start = matrix.detach().clone()
+    reference = {"matrix": matrix.detach().clone(), "embedding": embedding.detach().clone()}
+    # torch's Muon scales its lr by sqrt(max(1, rows/cols)) itself: give it the unscaled 0.02.
+    theirs_muon = torch.optim.Muon([reference["matrix"]], lr=0.02, weight_decay=0.1, momentum=0.95)
+    theirs_adamw = torch.optim.AdamW([reference["embedding"]], lr=group_of(optimizer, embedding)["lr"],
+                                     betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    for step in range(3):
+        set_hyperparameters(optimizer, lr=1e-3, weight_decay=0.1, step=1000)  # momentum 0.95, peak lrs
+        for mine, theirs in ((matrix, reference["matrix"]), (embedding, reference["embedding"])):
+            mine.grad = torch.randn(mine.shape, generator=generator)
+            theirs.grad = mine.grad.clone()
+        optimizer.step()
+        theirs_muon.step()
+        theirs_adamw.step()
+        torch.testing.assert_close(embedding, reference["embedding"], rtol=1e-5, atol=1e-7)
+        moved = (matrix - start).norm()
+        assert moved > 0.02 * math.sqrt(2) * 0.5 * (step + 1)  # each step moves it by about lr x sqrt(64)/8
+        assert (matrix - reference["matrix"]).norm() / moved < 2e-2, step  # bf16 vs fp32 Newton-Schulz only
+
+
+def test_the_state_each_optimizer_keeps_is_what_the_planner_counts():
+    counted = {}
+    for name in ("adamw", "muon"):
+        torch.manual_seed(0)
+        model = ScratchForCausalLM(small_config())
+        optimizer = build_optimizer(model, pretrain_config(optimizer=name))
+        set_hyperparameters(optimizer, lr=1e-3, weight_decay=0.1, step=0)
+        ids = torch.randint(0, 1000, (2, 9))
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        counted[name] = sum(state_bytes(name, model).values())
+        assert held_state_bytes(optimizer) == counted[name], name
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n)
+    assert counted["adamw"] - counted["muon"] == 4 * matrices  # one fp32 buffer per matrix element, not two
+    assert step_transient_bytes("adamw", model) == 0
+    # The largest matrix is 64 x 128: fp32 gathered, then X twice (64 x 128) and three 64 x 64 in fp32.
+    assert step_transient_bytes("muon", model) == 4 * 64 * 128 + 4 * (2 * 64 * 128 + 3 * 64 * 64)
+
+
+def test_muon_refuses_a_hidden_weight_that_is_not_a_matrix():
+    model = ScratchForCausalLM(small_config())
+    model.model.layers[0].mlp.register_parameter("experts", torch.nn.Parameter(torch.zeros(2, 8, 8)))
+    with pytest.raises(ScratchError) as refused:
+        build_optimizer(model, pretrain_config(optimizer="muon"))
+    assert str(refused.value) == (
+        "optimizer muon cannot train this model: parameter model.layers.0.mlp.experts has shape (2, 8, 8); "
+        "Muon updates only 2-D matrices; use optimizer: adamw"
+    )
+    build_optimizer(model, pretrain_config(optimizer="adamw"))  # AdamW trains any shape
+
+
+def test_bad_optimizer_keys_are_one_line_each():
+    with pytest.raises(ScratchError, match="'optimizer' must be one of adamw, muon, got 'sgd'"):
+        pretrain_config(optimizer="sgd")
+    with pytest.raises(ScratchError) as refused:
+        pretrain_config(muon_lr=0.01, muon_ns_steps=4)
+    assert str(refused.value) == (
+        "config: muon_lr, muon_ns_steps set but optimizer is adamw; set optimizer: muon or drop them"
+    )
+    assert pretrain_config(optimizer="muon", muon_lr=0.01).muon_lr == 0.01

@@ -19,10 +19,10 @@ from transformers import HfArgumentParser
 from ..config import convert, read_yaml, unknown_key_error
 from ..errors import ScratchError
 from ..hub import HUB_PREFIX, parse_repo_spec
-from .plan import Plan, resolve_plan
+from ..model import attention
+from .optimizer import MUON_DEFAULTS, OPTIMIZERS
 
 SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
-ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 
 
 def key(default, help: str):
@@ -109,6 +109,36 @@ class PretrainConfig:
     adam_epsilon: Annotated[float, positive] = key(1e-8, "AdamW epsilon")
     max_grad_norm: Annotated[float, not_negative] = key(1.0, "clip the global gradient norm to this (0: never)")
     reset_optimizer: bool = key(False, "resume from a checkpoint without optimizer state (loudly)")
+    optimizer: Annotated[str, one_of(*OPTIMIZERS)] = key(
+        "adamw",
+        "adamw, or muon: Muon for the hidden matrices, AdamW for the embeddings, LM head, norms and biases "
+        "(learning_rate is then the norms' and biases' peak; every group follows the schedule's shape)",
+    )
+    # Muon's keys: None means the default named in the help (nanochat's), and any of them set under
+    # optimizer adamw is refused, since it would silently do nothing.
+    muon_lr: Annotated[float | None, positive] = key(
+        None, f"muon: peak lr of the hidden matrices, times sqrt(max(1, rows/cols)) ({MUON_DEFAULTS['muon_lr']})"
+    )
+    muon_momentum: Annotated[float | None, within(0, 1, high_open=True)] = key(
+        None, f"muon: Nesterov momentum after the warmup ({MUON_DEFAULTS['muon_momentum']})"
+    )
+    muon_momentum_start: Annotated[float | None, within(0, 1, high_open=True)] = key(
+        None, f"muon: momentum at step 0, linear to muon_momentum ({MUON_DEFAULTS['muon_momentum_start']})"
+    )
+    muon_momentum_warmup_steps: Annotated[int | None, not_negative] = key(
+        None, f"muon: steps of the momentum warmup ({MUON_DEFAULTS['muon_momentum_warmup_steps']})"
+    )
+    muon_ns_steps: Annotated[int | None, positive] = key(
+        None, f"muon: Newton-Schulz iterations per update ({MUON_DEFAULTS['muon_ns_steps']})"
+    )
+    muon_embedding_lr: Annotated[float | None, positive] = key(
+        None,
+        f"muon: AdamW peak lr of the embeddings, times (hidden_size/768)^-0.5 ({MUON_DEFAULTS['muon_embedding_lr']})",
+    )
+    muon_head_lr: Annotated[float | None, positive] = key(
+        None,
+        f"muon: AdamW peak lr of an untied LM head, times (hidden_size/768)^-0.5 ({MUON_DEFAULTS['muon_head_lr']})",
+    )
 
     # Speed and memory
     bf16: bool | None = key(None, "bf16 mixed precision (default: on when the GPU supports it; never on a CPU)")
@@ -118,7 +148,7 @@ class PretrainConfig:
     )
     torch_compile: bool = key(False, "compile every decoder block (one graph serves all of them) and the loss")
     torch_compile_backend: str = key("inductor", "torch.compile's backend (aot_eager: compiles fast, runs eager)")
-    attn_implementation: Annotated[str, one_of("", *ATTENTION)] = key(
+    attn_implementation: Annotated[str, one_of("", *attention.NAMES)] = key(
         "", "sdpa, eager, flex_attention or flash_attention_2 ('': flex_attention on a GPU with document masking)"
     )
     reshard_after_forward: bool | None = key(
@@ -177,21 +207,6 @@ class PretrainConfig:
         if problems:
             raise ScratchError("config: " + "; ".join(problems))
 
-    def plan(self, stats: dict, seq_len: int, world_size: int) -> Plan:
-        """Horizon and batch resolved for a model (stats from model_stats) and a world size."""
-        return resolve_plan(
-            stats,
-            seq_len,
-            self.per_device_train_batch_size,
-            world_size,
-            accumulation=self.gradient_accumulation_steps,
-            tokens_per_step=self.tokens_per_step,
-            max_steps=self.max_steps,
-            max_tokens=self.max_tokens,
-            target_flops=self.target_flops,
-            tokens_per_param=self.tokens_per_param,
-        )
-
     def problems(self) -> list[str]:
         """What involves several keys."""
         found = []
@@ -207,6 +222,11 @@ class PretrainConfig:
             found.append(f"'min_lr' ({self.min_lr}) is above 'learning_rate' ({self.learning_rate})")
         if self.lr_scheduler_type == "two_stage" and not (self.stage_boundary > 0 and self.stage1_final_lr > 0):
             found.append("two_stage needs 'stage_boundary' (a step) and 'stage1_final_lr'")
+        muon_keys = [name for name in MUON_DEFAULTS if getattr(self, name) is not None]
+        if self.optimizer != "muon" and muon_keys:
+            found.append(
+                f"{', '.join(muon_keys)} set but optimizer is {self.optimizer}; set optimizer: muon or drop them"
+            )
         if self.push_to_hub and not self.hub_model_id:
             found.append("push_to_hub needs 'hub_model_id' (owner/name)")
         if "@" in self.hub_model_id:
@@ -220,13 +240,11 @@ class PretrainConfig:
                     parse_repo_spec(spec)
             except ScratchError as err:
                 found.append(f"'{name}': {err}")
-        flash = self.attn_implementation == "flash_attention_2"
-        if self.document_masking and flash and self.per_device_train_batch_size > 1:
-            found.append(
-                "document_masking with attn_implementation flash_attention_2 needs per_device_train_batch_size 1: "
-                "transformers finds packed documents for flash-attn only at batch size 1; use flex_attention (as "
-                "fast, with a block mask) or sdpa"
-            )
+        problem = attention.config_problem(
+            self.attn_implementation, self.document_masking, self.per_device_train_batch_size
+        )
+        if problem:
+            found.append(problem)
         if self.gradient_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true":
             found.append(
                 "gradient_checkpointing and the accelerate config's fsdp_activation_checkpointing are both on; use one"

@@ -6,6 +6,7 @@ second run in the same directory) before the first step; fit is the loop; finish
 """
 
 import json
+import os
 import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,7 @@ from ..model import ScratchConfig, ScratchForCausalLM, attention
 from ..model.bitnet import bitnet_stats
 from ..model.card import write_model_card
 from ..model.files import as_scratch, export_model, load_model_from
-from ..model.info import model_stats
 from ..model.loss import liger_loss
-from ..model.presets import build_config
 from ..run_dir import RunDir, RunLock
 from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
 from .checkpoint import Checkpointer, resume_point
@@ -35,7 +34,7 @@ from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
-from .plan import peak_flops_of
+from .plan import model_config_of, peak_flops_of, plan_run
 from .schedule import Schedule
 from .state import TrainState
 from .step import Stepper
@@ -159,7 +158,8 @@ def finish(t: Training) -> None:
 
 class StopRequest:
     """While open, SIGTERM or SIGINT ask the run to stop at the end of the current step, with a checkpoint;
-    a second SIGINT (Ctrl-C twice) stops at once."""
+    a second SIGINT (Ctrl-C twice) stops at once. A SIGTERM once a stop is asked for changes nothing: it is
+    the launcher passing Ctrl-C on (accelerate's single-process launcher), and the exit status stays 130."""
 
     def __enter__(self) -> "StopRequest":
         self.requested: int | None = None
@@ -173,8 +173,11 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.requested is not None and signum == signal.SIGTERM:
+            return
         self.requested = signum
-        print(f"scratchlm: {signal.Signals(signum).name}: stopping after this step, with a checkpoint", flush=True)
+        name, pid = signal.Signals(signum).name, os.getpid()
+        print(f"scratchlm: {name}: pid {pid} stops after this step, with a checkpoint", flush=True)
 
 
 # --- setup -------------------------------------------------------------------------------------------
@@ -199,9 +202,8 @@ def setup(config: PretrainConfig) -> Training:
 
     resume_from = resume_point(run, world)
     model, model_config = build_model(config, resume_from, tokenizer)
-    seq_len = check_seq_len(config, model_config)
-    stats = model_stats(model_config, seq_len)
-    plan = config.plan(stats, seq_len, world.size)
+    plan, stats = plan_run(config, model_config, world.size)
+    seq_len = plan.seq_len
     if world.device.type == "cuda":
         check_memory(config, model_config, plan, bf16, world)
     model = wrap_model(model, world, config, bf16)
@@ -320,8 +322,7 @@ def build_model(config: PretrainConfig, resume_from: Path | None, tokenizer):
     elif config.init_from:
         model, model_config = load_initial_weights(config.init_from, tokenizer)
     else:
-        spec = {"preset": config.model_preset} if config.model_preset else read_yaml(config.model_config)
-        model_config = build_config(spec, where=config.model_config or "model_preset")
+        model_config = model_config_of(config)  # what `scratchlm plan` plans
         model = None
     check_tokenizer_fits(tokenizer, model_config.vocab_size, where=f"model for {config.output_dir}")
     model_config.bos_token_id = tokenizer.bos_token_id
@@ -345,16 +346,6 @@ def load_initial_weights(source: str, tokenizer):
         )
     model = as_scratch(model)  # a stock llama export continues as our class
     return model, model.config
-
-
-def check_seq_len(config: PretrainConfig, model_config) -> int:
-    seq_len = config.seq_len or model_config.max_position_embeddings
-    if seq_len > model_config.max_position_embeddings:
-        raise ScratchError(
-            f"config: seq_len {seq_len} exceeds the model's context "
-            f"(max_position_embeddings {model_config.max_position_embeddings})"
-        )
-    return seq_len
 
 
 def check_same_batch(resume_from: Path, saved_plan: dict, plan) -> None:
