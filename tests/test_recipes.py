@@ -1,4 +1,4 @@
-"""Every recipe and accelerate config parses, and its resolved plan is the seed's."""
+"""Every recipe and accelerate config parses, and its resolved plan is the public run's it reproduces."""
 
 import json
 import os
@@ -19,8 +19,8 @@ from scratchlm.train.hardware import nccl_settings
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/pretrain.yaml"))
-# recipe: (GPUs it is launched on, tokens per step, steps) as in the seeds
-SEEDS = {
+# recipe: (GPUs it is launched on, tokens per step, steps) as in the public run (recipes/*/README.md)
+REFERENCE_RUNS = {
     "tiny": (1, 2048, 600),
     "genesis-1b": (2, 524_288, 40_000),
     "a100-1b": (1, 131_072, 90_000),
@@ -35,18 +35,18 @@ def clean_environ(monkeypatch):
     monkeypatch.setattr(os, "environ", dict(os.environ))
 
 
-def test_every_seed_has_a_recipe():
-    assert sorted(SEEDS) == RECIPES
+def test_every_reference_run_has_a_recipe():
+    assert sorted(REFERENCE_RUNS) == RECIPES
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_recipe_parses_and_plans_like_its_seed(name, clean_environ):
+def test_recipe_parses_and_plans_like_its_reference_run(name, clean_environ):
     config = parse_pretrain_args(["--config", str(REPO / "recipes" / name / "pretrain.yaml")])
     data = read_prepare_config(read_yaml(REPO / config.data_config), where=config.data_config)
     model = build_config({"preset": config.model_preset})
     assert config.tokenizer_vocab_size <= model.vocab_size
     assert data.tokenizer.startswith(f"runs/{name}/")
-    gpus, tokens_per_step, steps = SEEDS[name]
+    gpus, tokens_per_step, steps = REFERENCE_RUNS[name]
     plan = config.plan(model_stats(model, config.seq_len), config.seq_len, gpus)
     assert (plan.tokens_per_step, plan.steps) == (tokens_per_step, steps)
     assert (REPO / "recipes" / name / "README.md").is_file()
@@ -112,10 +112,10 @@ def test_planner_reproduces_the_genesis_numbers(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["tokens_per_step"] == 524_288 and plan["accumulation"] == 32
     assert plan["tokens"] == 20_971_520_000 and round(plan["tokens_per_param"], 1) == 21.0
-    assert 17_000 < plan["tok_per_s"] < 20_000  # the seed measured ~19,000 tok/s
+    assert 17_000 < plan["tok_per_s"] < 20_000  # Genesis 1B measured ~19,000 tok/s
     assert plan["cost_usd"] == pytest.approx(plan["hours"] * 2 * 0.35, rel=1e-3)
     assert main(["plan", "--preset", "genesis-1b", "--gpu", "4090", "--num-gpus", "2", "--ratio", "20", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["steps"] == 38_164  # the seed's "~38,150 steps"
+    assert json.loads(capsys.readouterr().out)["steps"] == 38_164  # Genesis 1B's "~38,150 steps"
 
 
 def test_spike_detector_warns_on_jumps_only():

@@ -159,7 +159,7 @@ def add_plan_parser(commands) -> None:
     plan.add_argument("--micro-batch", type=int, help="per GPU; default: what makes tokens-per-step")
     plan.add_argument("--seq-len", type=int, help="default: the model's context")
     plan.add_argument("--tok-per-s", type=float, help="a measured throughput (default: peak x MFU)")
-    plan.add_argument("--mfu", type=float, help="assumed MFU (default per GPU, from the seeds)")
+    plan.add_argument("--mfu", type=float, help="assumed MFU (default per GPU, from published runs)")
     plan.add_argument("--usd-per-gpu-hour", type=float, help="default: a recipe's usd_per_gpu_hour, else 0")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(run=run_plan)

@@ -8,7 +8,7 @@
 Each document is stored as <|bos|> tokens <|endoftext|>: both boundaries exactly once. The BOS comes
 from the tokenizer, the EOS is appended here, and special-token strings inside source text are
 encoded as plain text, so a corpus that already ends rows with "<|endoftext|>" cannot double them
-(the seeds' EOS bug). Chat sources are rendered with the tokenizer's chat template first.
+(the nanochat notebook's EOS bug). Chat sources are rendered with the tokenizer's chat template first.
 
 The work is written to OUT.partial and renamed at the end: OUT either holds a complete preparation
 or does not exist. Preparing the same config again is a no-op; a different one into OUT is refused.

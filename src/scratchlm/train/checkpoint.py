@@ -255,7 +255,7 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
     """Restore weights (and optimizer moments, and this rank's RNG); return the trainer state.
 
     A checkpoint without optimizer state is refused unless `reset_optimizer`: resuming with fresh
-    AdamW moments looks healthy for a while and then diverges (the seeds' "false recovery").
+    AdamW moments looks healthy for a while and then diverges (Genesis 1B's "false recovery").
     """
     path = Path(path)
     if not (path / COMPLETE).is_file():

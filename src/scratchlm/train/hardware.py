@@ -1,6 +1,6 @@
 """Start-up settings that must be in place before CUDA or the process group starts.
 
-The seeds lost days to NCCL collectives that hang on consumer cards without peer access (2×RTX
+Public runs we reproduce lost days to NCCL collectives that hang on consumer cards without peer access (2×RTX
 4090 over PCIe) and on cloud boxes without InfiniBand. accelerate only sets these for old drivers
 and only under `accelerate launch`; we check the machine itself and say what we set.
 """

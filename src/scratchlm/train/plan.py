@@ -38,7 +38,7 @@ class GpuProfile:
 # RTX 3060, 23.65 GiB on an RTX 4090, 39.59 / 79.15 GiB on A100 40/80 GB); Hopper from nvidia-smi's
 # total (81,559 MiB for H100 80 GB, 95,830 for H100 NVL, 143,771 for the H200 we test on) less the
 # same ~0.5 GiB. The start-up check uses the running device's own total, not these.
-# MFUs are what the seeds measured: 2x RTX 4090 with FSDP and activation checkpointing ran a 1B
+# MFUs are what the recipes' public runs measured: 2x RTX 4090 with FSDP and activation checkpointing ran a 1B
 # model at ~19,000 tok/s (~40%); one A100 without checkpointing, compiled, at 28,300 tok/s (~60%;
 # 50% assumed); 40% elsewhere.
 GPUS = {

@@ -3,7 +3,7 @@
 `step` is the 0-based index of the optimizer step about to be taken.
 - cosine: linear warmup to the peak, then cosine to min_lr at the last step;
 - wsd: warmup, stable at the peak, linear decay to min_lr over the last decay_fraction of steps;
-- two_stage (BitNet b1.58, seed 004): warmup, linear peak -> stage1_final_lr until stage_boundary,
+- two_stage (the BitNet b1.58 95M recipe): warmup, linear peak -> stage1_final_lr until stage_boundary,
   then linear stage1_final_lr -> min_lr with weight decay stage2_weight_decay (0);
 - constant: warmup, then the peak.
 """
