@@ -105,7 +105,7 @@ CHECKS = {
     ),
     "flash_attn_absent_sdpa_chosen": (
         "gpu",
-        "flash-attn is not importable, attention_backend() gives sdpa, and a GPU run without document masking "
+        "flash-attn is not importable, model/attention.py chooses sdpa, and a GPU run without document masking "
         "says 'attention sdpa'",
     ),
     "fsdp2_one_rank_resume": (

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..errors import ScratchError
+from .attention import FALLBACK
 from .modeling_scratch import PACKED_WEIGHTS, BitLinear, ScratchForCausalLM, int8_activations, ternary_weights
 
 PACKED_MARKER = "bitnet_packed.json"
@@ -114,6 +115,6 @@ def is_packed(model_dir: str | Path) -> bool:
 def load_packed(model_dir: str | Path) -> ScratchForCausalLM:
     """The same call as a process without scratchlm makes (the unpacking is in the model's code)."""
     try:
-        return ScratchForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
+        return ScratchForCausalLM.from_pretrained(str(model_dir), attn_implementation=FALLBACK).eval()
     except ValueError as err:
         raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None

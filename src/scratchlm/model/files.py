@@ -11,7 +11,6 @@ terminal, asks. Only models with options Llama lacks (a logit soft-cap, BitNet) 
 """
 
 import dataclasses
-import functools
 import json
 import os
 import shutil
@@ -26,37 +25,10 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 
 from ..errors import ScratchError
 from ..tokenization import IM_END, check_tokenizer_fits, load_tokenizer
-from . import ScratchConfig, ScratchForCausalLM
+from . import ScratchConfig, ScratchForCausalLM, attention
 from .bitnet import is_packed, load_packed, save_packed
 
 FORMATS = ("auto", "scratch", "llama", "bitnet-packed")
-
-
-def attention_backend(document_masking: bool = False) -> str:
-    """The attention a GPU run gets unless a config names one; PyTorch SDPA on CPU. Never a Hub kernel.
-
-    With document masking, flex_attention: it keeps packed documents apart with a block mask at
-    flash-like speed, where SDPA with a materialised mask falls back to a slow kernel and transformers'
-    flash-attn path detects packed documents only at batch size 1. Without, flash-attn when it works here."""
-    if not torch.cuda.is_available():
-        return "sdpa"
-    if document_masking:
-        return "flex_attention"
-    return "flash_attention_2" if flash_attention_works() else "sdpa"
-
-
-@functools.cache
-def flash_attention_works() -> bool:
-    """flash-attn imports and computes on this GPU (a mismatched build imports and then fails, or not even)."""
-    try:
-        from flash_attn import flash_attn_func
-
-        q = torch.randn(1, 8, 2, 64, device="cuda", dtype=torch.bfloat16)
-        return bool(torch.isfinite(flash_attn_func(q, q, q, causal=True)).all())
-    except Exception as err:  # noqa: BLE001 - any failure means: do not use it
-        if not isinstance(err, ImportError):
-            print(f"scratchlm: flash-attn is installed but does not run here ({type(err).__name__}); using sdpa")
-        return False
 
 
 def load_for_evaluation(model_dir: str | Path, with_tokenizer: bool = True, device=None):
@@ -80,7 +52,7 @@ def init_model(config: ScratchConfig, out_dir: str | Path, tokenizer_dir: str | 
         config.eos_token_id = tokenizer.eos_token_id
         config.pad_token_id = tokenizer.pad_token_id
     set_seed(seed)
-    config._attn_implementation = attention_backend()
+    config._attn_implementation = attention.choose()
     model = ScratchForCausalLM(config)
     save_model(model, tokenizer, out_dir)
     return model, tokenizer
@@ -109,7 +81,9 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
     try:
         if is_packed(model_dir):
             return load_packed(model_dir).to(dtype), tokenizer
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype, attn_implementation=attention.FALLBACK
+        )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
     return model, tokenizer

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from ..errors import ScratchError
+from ..model.attention import NAMES as ATTENTIONS
+from ..model.attention import choose as choose_attention
 from ..model.configuration_scratch import ScratchConfig
 from ..model.loss import default_chunk_tokens
 
@@ -48,7 +50,6 @@ NCCL_BYTES = 3 * GIB // 8
 # in place, so the slack is small; 5% is the margin assumed on top of the allocated peak.
 ALLOCATOR_SLACK = 0.05
 LOSSES = ("chunked", "liger", "plain")
-ATTENTIONS = ("sdpa", "flash_attention_2", "flex_attention", "eager")
 
 
 @dataclass
@@ -373,8 +374,8 @@ def check_fits(setup: TrainingSetup, capacity: int, device: str, tokens_per_step
 def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
     """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
     size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
-    bf16 None: the config's, on unless false (the planner plans for a GPU); the attention is what a GPU gets
-    when the config names none (model/files.py attention_backend)."""
+    bf16 None: the config's, on unless false (the planner plans for a GPU); the attention is the one the
+    loop gives that run on a GPU (model/attention.py)."""
     from .parallel import fsdp_reshard_after_forward
 
     values = dict(
@@ -390,7 +391,7 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         gradient_checkpointing=config.gradient_checkpointing and config.gradient_checkpointing_policy == "full",
         compile=config.torch_compile,
         bf16=config.bf16 is not False if bf16 is None else bf16,
-        attention=config.attn_implementation or ("flex_attention" if config.document_masking else "sdpa"),
+        attention=choose_attention(config.attn_implementation, config.document_masking, gpu=True),
         document_masking=config.document_masking,
     )
     return TrainingSetup(**{**values, **overrides})
