@@ -4,7 +4,8 @@
 
 Re-running the same command resumes from the newest complete checkpoint; `--extend_to STEPS`
 continues a finished run. Keys: `python recipes/pretrain.py --help` (src/scratchlm/train/config.py).
-SIGTERM or Ctrl-C stop the run after the current step, with a checkpoint.
+SIGTERM or Ctrl-C stop the run after the current step, with a checkpoint, however long the step and the
+save take (train/keeper.py: what that needs under `accelerate launch` with one process).
 """
 
 import os
@@ -12,6 +13,7 @@ import sys
 
 from scratchlm.errors import ScratchError
 from scratchlm.train.config import parse_pretrain_args
+from scratchlm.train.keeper import run_beside_launcher
 from scratchlm.train.loop import Stopped, train
 
 
@@ -30,4 +32,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_beside_launcher(main))  # under `accelerate launch` with one process: keeper.py says why

@@ -6,17 +6,16 @@ and only under `accelerate launch`; we check the machine itself and say what we 
 """
 
 import os
-import signal
-import sys
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 
+from .keeper import launcher_pid
+
 
 def prepare_environment() -> None:
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # less fragmentation, fewer OOMs
-    follow_the_launcher()
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads())
     if torch.cuda.device_count() > 1:
@@ -42,7 +41,7 @@ def cpu_threads() -> int:
 def _user_asked_for_threads() -> bool:
     """Walks up the launchers (accelerate, torchrun): a thread flag on one of them, or OMP_NUM_THREADS in the
     environment the outermost one was started with."""
-    pid, started_with = os.getppid(), None
+    pid, started_with = launcher_pid(), None  # a detached trainer's launcher is not its parent (keeper.py)
     for _ in range(4):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -58,27 +57,6 @@ def _user_asked_for_threads() -> bool:
     if started_with is None:  # not under a launcher: the variable is the user's
         return True
     return any(line.startswith(b"OMP_NUM_THREADS=") for line in started_with)
-
-
-def follow_the_launcher() -> None:
-    """SIGTERM to `accelerate launch` with one process kills the launcher but not this process (its simple
-    launcher passes no signal on), which then trains on unseen, beside whatever runs next. So when our
-    parent is accelerate's launcher, its death delivers SIGTERM here too (Linux's parent-death signal),
-    and the loop stops cleanly. torchrun, the multi-process launcher, forwards signals itself."""
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    try:
-        command = Path(f"/proc/{parent}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return
-    if not any(part.endswith(b"accelerate") for part in command) or b"launch" not in command:
-        return
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 NCCL_REASONS = {

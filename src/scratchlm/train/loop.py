@@ -108,7 +108,7 @@ def fit(t: Training) -> None:
             step = t.state.step
             lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
             set_hyperparameters(t.optimizer, lr, weight_decay, step)
-            result = t.stepper.step(step + 1, stop.requested is not None, t.checkpointer.latest)
+            result = t.stepper.step(step + 1, lambda: stop.requested is not None, t.checkpointer.latest)
             t.state.advance(t.plan.tokens_per_step, usd_per_hour)
             t.state.skipped_steps += result.skipped
             warn_about(t, result, spikes)

@@ -51,8 +51,9 @@ class Stepper:
         self.loss_fn = loss_fn or training_loss(config)
         self.max_norm = config.max_grad_norm or math.inf
 
-    def step(self, number: int, stop_requested: bool, last_good) -> StepResult:
-        """Optimizer step `number` (1-based); `last_good()` names the checkpoint to go back to when the loss
+    def step(self, number: int, stop_requested, last_good) -> StepResult:
+        """Optimizer step `number` (1-based); `stop_requested`, a bool or a callable read after the compute,
+        says whether this rank was asked to stop; `last_good()` names the checkpoint to go back to when the loss
         is not finite."""
         # The step's micro-batches are taken (and copied to the GPU, pinned and non-blocking) before any
         # compute is queued: no host synchronisation inside the loop, and the loader's position is exactly
@@ -63,7 +64,9 @@ class Stepper:
         loss_sum = self.accumulate(batches)
         grad_norm = float(self.clip())
         # One collective for everything the ranks must agree on.
-        total, checksum, stops = self.world.sum([loss_sum.item(), checksum, float(stop_requested)])
+        # A stop asked for during this step's compute counts for this step (the loop passes a callable).
+        stop = stop_requested() if callable(stop_requested) else stop_requested
+        total, checksum, stops = self.world.sum([loss_sum.item(), checksum, float(stop)])
         mean_loss = total / (self.accumulation * self.world.size)
         finite = math.isfinite(mean_loss) and math.isfinite(grad_norm)
         if finite:
