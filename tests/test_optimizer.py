@@ -3,12 +3,17 @@ when asked); Muon's groups by kind and their learning rates, its update against 
 against torch's, the schedule on every group, the state each keeps against what the planner counts, and the
 models it refuses."""
 
+import json
 import math
+import os
+import shutil
+import subprocess
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from helpers import small_config
+from helpers import REPO, free_port, small_config
 from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.train.config import PretrainConfig
@@ -202,3 +207,37 @@ def test_bad_optimizer_keys_are_one_line_each():
         "config: muon_lr, muon_ns_steps set but optimizer is adamw; set optimizer: muon or drop them"
     )
     assert pretrain_config(optimizer="muon", muon_lr=0.01).muon_lr == 0.01
+
+
+# --- across processes -------------------------------------------------------------------------------
+
+
+def launch_worker(out, processes: int, runs: list[str], **options) -> dict[str, tuple[dict, dict]]:
+    out.mkdir(parents=True)
+    script, port = REPO / "tests" / "optimizer_worker.py", str(free_port())
+    command = [shutil.which("torchrun"), "--nproc_per_node", str(processes), "--master_port", port, str(script),
+               str(out), ",".join(runs), *(f"{k}={v}" for k, v in options.items())]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {r: (load_file(str(out / f"{r}.safetensors")), json.loads((out / f"{r}.json").read_text())) for r in runs}
+
+
+def test_muon_updates_agree_on_one_process_ddp_and_fsdp2_with_and_without_compile(tmp_path):
+    """The same global batch (2 windows x 4 micro-batches per step) for 4 steps of the loop's Stepper: one process,
+    DDP on 2, FSDP2 on 2 (sharded matrices, orthogonalised whole), FSDP2 on 2 compiled. About 80 s."""
+    reference, one = launch_worker(tmp_path / "one", 1, ["plain"], accumulation=4)["plain"]
+    torch.manual_seed(0)
+    initial = dict(ScratchForCausalLM(small_config(vocab_size=512, tie_word_embeddings=False)).named_parameters())
+    for name, weight in reference.items():  # every parameter trained: the comparisons below compare updates
+        assert (weight - initial[name]).norm() > 1e-3 * initial[name].norm(), name
+    moved = reference["model.layers.0.mlp.up_proj.weight"] - initial["model.layers.0.mlp.up_proj.weight"]
+    assert moved.norm() > 0.1 * initial["model.layers.0.mlp.up_proj.weight"].norm()  # Muon's lr 0.02, not 1e-3
+    runs = launch_worker(tmp_path / "two", 2, ["plain", "fsdp2", "fsdp2+compile"], accumulation=2)
+    assert one["sharded"] == runs["plain"][1]["sharded"] == 0  # one process, then DDP: plain tensors
+    assert runs["fsdp2"][1]["sharded"] == runs["fsdp2+compile"][1]["sharded"] == len(reference)
+    for label, (weights, record) in runs.items():
+        torch.testing.assert_close(record["losses"], one["losses"], rtol=1e-5, atol=0, msg=label)
+        for name, weight in reference.items():
+            error = float((weights[name] - weight).norm() / (weight - initial[name]).norm())
+            assert error < 1e-4, (label, name, error)  # fp32: only the order of the sums differs
