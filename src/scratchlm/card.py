@@ -3,14 +3,15 @@ far, its evaluations, how to load it, and its loss curve (loss.png).
 
 An export from a run (the training loop's, TRL's, or `scratchlm export` of a training checkpoint) is
 described by its run; a plain model directory (`scratchlm model init`, a model from elsewhere) has no
-run, so its card says only what its config and tokenizer say.
+run, so its card says only what its config and tokenizer say. (It is here, not in the model package, because
+it is written from the run's report: the model does not depend on reporting.)
 """
 
 import json
 from pathlib import Path
 
-from ..report import EVAL_COLUMNS, fmt, parameters, plot_curves, run_summary
-from ..run_dir import RunDir
+from .report import EVAL_COLUMNS, fmt, parameters, plot_curves, run_summary
+from .run_dir import RunDir
 
 
 def write_model_card(run: RunDir, data: list[str], export: Path | None = None, step: int | None = None) -> Path:

@@ -304,7 +304,7 @@ def run_model_init(args) -> None:
 
 
 def run_export(args) -> None:
-    from .model.card import write_model_card, write_plain_model_card
+    from .card import write_model_card, write_plain_model_card
     from .model.files import load_model_from, resolved_format, save_model
 
     source = Path(args.checkpoint)

@@ -36,10 +36,10 @@ from typing import Any
 
 import datasets
 
+from .card import write_model_card
 from .config import unknown_key_error
 from .errors import ScratchError
 from .eval.chat import chat_replies
-from .model.card import write_model_card
 from .model.files import load_model, read_config, save_model
 from .run_dir import RunDir, checkpoint_step
 from .tokenization import check_tokenizer_fits, load_tokenizer

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from ..card import write_model_card
 from ..config import read_yaml
 from ..data.loader import WindowLoader
 from ..data.shards import TokenShards
@@ -21,7 +22,6 @@ from ..errors import ScratchError
 from ..hub import CheckpointUploader, check_write_access, resolve_model_source
 from ..model import ScratchConfig, ScratchForCausalLM, attention
 from ..model.bitnet import bitnet_stats
-from ..model.card import write_model_card
 from ..model.files import as_scratch, export_model, load_model_from
 from ..model.loss import liger_loss
 from ..run_dir import RunDir, RunLock
