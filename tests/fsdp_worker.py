@@ -2,7 +2,8 @@
 with gloo, checkpointed with scratchlm's sharded checkpoints. accelerate's own FSDP path does not run
 on CPU, so this drives the same checkpoint code directly.
 
-    torchrun --nproc_per_node N tests/fsdp_worker.py OUT_DIR MODE    MODE: straight | save | resume
+    torchrun --nproc_per_node N tests/fsdp_worker.py OUT_DIR MODE [OPTIMIZER]
+    MODE: straight | save | resume; OPTIMIZER: adamw (torch's, the default) | muon (train/optimizer.py's)
 """
 
 import json
@@ -36,7 +37,15 @@ def main() -> None:
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    muon = len(sys.argv) > 3 and sys.argv[3] == "muon"
+    if muon:
+        from scratchlm.train.config import PretrainConfig
+        from scratchlm.train.optimizer import build_optimizer, set_hyperparameters
+
+        keys = {"model_preset": "tiny", "data_dir": "x", "max_steps": STEPS, "learning_rate": 1e-3}
+        optimizer = build_optimizer(model, PretrainConfig(output_dir=str(out), optimizer="muon", **keys))
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = torch.randint(0, 512, (STEPS, 8, 17), generator=torch.Generator().manual_seed(1))
     start = 0
     if mode == "resume":
@@ -44,6 +53,8 @@ def main() -> None:
     losses = {}
     for step in range(start, STEPS):
         batch = data[step]
+        if muon:  # the schedule's values are a function of the step: the same after a resume
+            set_hyperparameters(optimizer, lr=1e-3, weight_decay=0.1, step=step * 50)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()

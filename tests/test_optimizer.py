@@ -241,3 +241,61 @@ def test_muon_updates_agree_on_one_process_ddp_and_fsdp2_with_and_without_compil
         for name, weight in reference.items():
             error = float((weights[name] - weight).norm() / (weight - initial[name]).norm())
             assert error < 1e-4, (label, name, error)  # fp32: only the order of the sums differs
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+
+def train_steps(model, optimizer, seed: int, steps: int = 2) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        set_hyperparameters(optimizer, lr=1e-3, weight_decay=0.1, step=step)
+        ids = torch.randint(0, 1000, (2, 9), generator=generator)
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_muons_state_saves_and_resumes_bit_identically(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+    from scratchlm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, optimizer = muon_model()
+    train_steps(model, optimizer, seed=1)
+    path = tmp_path / "step_00000002"
+    save_checkpoint(path, model, optimizer, {"step": 2}, model.config, load_tokenizer(tokenizer_dir))
+    assert json.loads((path / "optimizer" / "param_groups.json").read_text())["optimizer"] == "muon"
+    other, other_optimizer = muon_model()
+    train_steps(other, other_optimizer, seed=2)  # other weights, other momentum
+    load_checkpoint(path, other, other_optimizer)
+    buffers = {name: optimizer.state[p] for name, p in model.named_parameters()}
+    for name, param in other.named_parameters():
+        torch.testing.assert_close(param, dict(model.named_parameters())[name], rtol=0, atol=0)
+        state = other_optimizer.state[param]
+        assert state.keys() == buffers[name].keys() and state, name  # momentum_buffer, or step and two moments
+        for key, value in state.items():
+            torch.testing.assert_close(value, buffers[name][key], rtol=0, atol=0, msg=f"{name} {key}")
+    train_steps(model, optimizer, seed=3)
+    train_steps(other, other_optimizer, seed=3)
+    for (name, param), resumed in zip(model.named_parameters(), other.parameters(), strict=True):
+        torch.testing.assert_close(resumed, param, rtol=0, atol=0, msg=name)  # the same next steps, exactly
+
+
+def test_the_other_optimizers_state_is_refused_unless_reset(tmp_path, tokenizer_dir):
+    from scratchlm.tokenization import load_tokenizer
+    from scratchlm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, optimizer = muon_model()
+    train_steps(model, optimizer, seed=1)
+    path = tmp_path / "step_00000002"
+    save_checkpoint(path, model, optimizer, {"step": 2}, model.config, load_tokenizer(tokenizer_dir))
+    adamw = build_optimizer(model, pretrain_config())
+    with pytest.raises(ScratchError) as refused:
+        load_checkpoint(path, model, adamw)
+    assert str(refused.value) == (
+        f"{path} holds muon optimizer state and this run's optimizer is adamw; set optimizer: muon to continue "
+        "it, or pass --reset_optimizer true to start adamw's state from zero"
+    )
+    torch.nn.init.zeros_(model.model.norm.weight)
+    load_checkpoint(path, model, adamw, reset_optimizer=True)
+    assert model.model.norm.weight.abs().min() > 0 and not adamw.state  # the weights, and no foreign state

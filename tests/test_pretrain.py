@@ -307,8 +307,8 @@ def test_status_plot_timed_saves_and_checkpoint_export(tmp_path, shards_dir):
     torch.testing.assert_close(llama(ids).logits, exported(ids).logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("resume_processes", [2, 1])
-def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, resume_processes):
+@pytest.mark.parametrize(("optimizer", "resume_processes"), [("adamw", 2), ("adamw", 1), ("muon", 1)])
+def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, optimizer, resume_processes):
     def run(mode: str, processes: int) -> dict:
         command = [
             shutil.which("torchrun"),
@@ -319,6 +319,7 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, re
             str(REPO / "tests" / "fsdp_worker.py"),
             str(tmp_path),
             mode,
+            optimizer,
         ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -328,7 +329,7 @@ def test_fsdp2_sharded_checkpoint_resumes_exactly_at_any_world_size(tmp_path, re
     run("save", 2)
     saved = RunDir(tmp_path).latest_checkpoint()
     shards = sorted(p.name for p in (saved / "optimizer").glob("*.safetensors"))
-    assert len(shards) == 2  # each rank wrote its own shard of the AdamW moments
+    assert len(shards) == 2  # each rank wrote its own shard of the AdamW moments (Muon's momentum)
     resumed = run("resume", resume_processes)
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, loss in resumed.items():

@@ -3,7 +3,8 @@ decides when to write them, which to keep and which to resume from.
 
     runs/<name>/<stage>/checkpoints/step_00001000/
         model/            weights: safetensors written by torch.distributed.checkpoint (each rank its shard)
-        optimizer/        AdamW moments, same format; param_groups.json holds the non-tensor part
+        optimizer/        the optimizer's state (AdamW's moments; Muon's momentum), same format;
+                          param_groups.json holds the non-tensor part and the optimizer's name
         tokenizer/        the tokenizer the run trains with
         config.json       the model config (with our code beside it)
         trainer_state.json   every component's state (train_state, loader), and the plan, schedule, config
@@ -41,7 +42,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.tensor import DTensor
 
-from ..errors import ScratchError
+from ..disk import publish, staging
+from ..errors import ScratchError, one_line
 from ..model.files import read_checkpoint_tensors
 from ..run_dir import (
     COMPLETE,
@@ -53,6 +55,7 @@ from ..run_dir import (
     is_complete,
     write_manifest,
 )
+from .optimizer import optimizer_name
 
 # Saving or loading in one process is intended (CPU runs, export), not a misconfiguration.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -190,22 +193,20 @@ def save_checkpoint(path: Path, model, optimizer, trainer_state: dict, model_con
     """Collective: every rank calls it. `model` is the unwrapped module (FSDP-sharded or not). A write that
     fails (a full disk) removes what it wrote and names the last good checkpoint, which it never touched."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = staging(path)
     rank = dist.get_rank() if dist.is_initialized() else 0
     try:
         _write(tmp, rank, model, optimizer, trainer_state, model_config, tokenizer)
     except (OSError, dcp.api.CheckpointException) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         no_space = isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err)
-        why = "no space left on the device" if no_space else _last_line(err)
+        why = "no space left on the device" if no_space else one_line(err, last=True)
         raise ScratchError(
             f"cannot write checkpoint {path.name} in {path.parent}: {why}; the last good checkpoint is "
             f"{last_good or 'none yet'} (intact)"
         ) from None
     if rank == 0:
-        if path.exists():  # a complete checkpoint of the same step (a re-run after a crash): replace it
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        publish(tmp, path)  # over a complete checkpoint of the same step too (a re-run after a crash)
         _fsync(path.parent)
     _barrier()
 
@@ -228,7 +229,8 @@ def _write(tmp: Path, rank: int, model, optimizer, trainer_state, model_config, 
     if rank == 0:
         _write_json(tmp / "model" / "aliases.json", model_aliases)
         groups = {k: v for k, v in optim_state.items() if not torch.is_tensor(v)}
-        _write_json(tmp / "optimizer" / "param_groups.json", {"groups": groups, "aliases": optim_aliases})
+        meta = {"optimizer": optimizer_name(optimizer), "groups": groups, "aliases": optim_aliases}
+        _write_json(tmp / "optimizer" / "param_groups.json", meta)
         _write_json(tmp / "trainer_state.json", trainer_state)
         model_config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -266,6 +268,8 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
             f"{path} has no optimizer state; resuming with fresh AdamW moments silently degrades training. "
             "Pass --reset_optimizer true to continue anyway (the moments restart from zero)"
         )
+    if optimizer is not None and has_optimizer:
+        has_optimizer = _same_optimizer(path, optimizer, reset_optimizer)
     model_state = get_model_state_dict(model)
     read_checkpoint_tensors(path / "model", model_state)
     set_model_state_dict(model, model_state)
@@ -280,6 +284,19 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
     if rng_file.is_file():  # a rank that did not exist in the saved run keeps its fresh seed
         _set_rng_state(json.loads(rng_file.read_text()))
     return json.loads((path / "trainer_state.json").read_text())
+
+
+def _same_optimizer(path: Path, optimizer, reset_optimizer: bool) -> bool:
+    """Whether the saved state is this optimizer's; another's is refused, or left unread when `reset_optimizer`
+    (AdamW's moments mean nothing to Muon and back). Checkpoints from before the name was saved hold AdamW's."""
+    saved = json.loads((path / "optimizer" / "param_groups.json").read_text()).get("optimizer", "adamw")
+    ours = optimizer_name(optimizer)
+    if saved != ours and not reset_optimizer:
+        raise ScratchError(
+            f"{path} holds {saved} optimizer state and this run's optimizer is {ours}; set optimizer: {saved} to "
+            f"continue it, or pass --reset_optimizer true to start {ours}'s state from zero"
+        )
+    return saved == ours
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -318,11 +335,6 @@ def _set_rng_state(state: dict) -> None:
 
 def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1))
-
-
-def _last_line(err: BaseException) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1][:300] if lines else type(err).__name__
 
 
 def _sync_tree(root: Path) -> None:
