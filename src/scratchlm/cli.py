@@ -6,9 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .config import read_yaml
 from .errors import ScratchError
-from .train.plan import GPU_ALIASES, GPUS
+from .train.plan import GPU_ALIASES, GPUS, run_plan
 
 POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="scratchlm", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"scratchlm {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     add_model_parsers(commands)
     add_data_parsers(commands)
@@ -278,11 +280,9 @@ def _add_model_choice(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_config(args):
-    from .model.presets import build_config
+    from .model.presets import model_config_from
 
-    if args.preset:
-        return build_config({"preset": args.preset})
-    return build_config(read_yaml(args.config), where=args.config)
+    return model_config_from(args.preset, args.config)
 
 
 def run_model_info(args) -> None:
@@ -391,138 +391,6 @@ def run_pull(args) -> None:
     print(f"pulled {args.spec} into {pull(args.spec, args.out)}")
 
 
-def run_plan(args) -> None:
-    from .train.plan import estimate_time_and_cost, gpu_profile
-
-    recipe = args.recipe or (args.config if args.config and "output_dir" in read_yaml(args.config) else None)
-    gpu = gpu_profile(args.gpu)
-    plan, stats, setup, usd, by_tokens = _recipe_plan(recipe, args) if recipe else _horizon_plan(args)
-    cost = estimate_time_and_cost(plan, args.gpu, args.num_gpus, args.tok_per_s or 0, usd, args.mfu or 0)
-    result = {**plan.as_dict(), "params_matmul": stats["params_matmul"], **cost}
-    estimate = None
-    if setup is not None:
-        from .train.memory import estimate_memory
-
-        estimate = estimate_memory(setup)
-        result["memory"] = {
-            **estimate.terms,
-            "allocated_peak": estimate.allocated_peak,
-            "device_peak": estimate.device_peak,
-            "capacity": gpu.memory_bytes,
-            "fits": estimate.device_peak <= gpu.memory_bytes,
-            "headroom": round(1 - estimate.device_peak / gpu.memory_bytes, 4),
-        }
-    if args.json:
-        print(json.dumps(result))
-        return
-    print(f"parameters        {plan.params_total:>20,}")
-    print(f"FLOPs/token       {plan.flops_per_token:>20,}")
-    print(
-        f"tokens/step       {plan.tokens_per_step:>20,}  ({plan.micro_batch} x {plan.seq_len} x {plan.accumulation} "
-        f"accumulation x {args.num_gpus} GPUs)"
-    )
-    print(f"steps             {plan.steps:>20,}")
-    print(f"tokens            {plan.tokens:>20,}  ({plan.tokens_per_param:.1f} per parameter)")
-    print(f"FLOPs             {plan.flops:>20.3e}")
-    print(f"throughput        {cost['tok_per_s']:>20,} tok/s  ({cost['tok_per_s_from']})")
-    print(f"wall time         {cost['hours']:>20,.1f} h  ({cost['hours'] / 24:.1f} days)")
-    print(f"cost              {cost['cost_usd']:>20,.2f} USD  ({args.num_gpus} x ${usd}/GPU-hour)")
-    if setup is not None:
-        _print_memory(setup, estimate, gpu, by_tokens)
-
-
-def _recipe_plan(recipe: str, args):
-    """(plan, model stats, memory setup, USD per GPU hour, batch given in tokens) of a pretraining recipe."""
-    from .model.info import model_stats
-    from .train.memory import setup_for_run
-
-    config, model_config = _recipe(recipe, args)
-    seq_len = config.seq_len or model_config.max_position_embeddings
-    stats = model_stats(model_config, seq_len)
-    plan = config.plan(stats, seq_len, args.num_gpus)
-    setup = setup_for_run(config, model_config, plan)
-    return plan, stats, setup, args.usd_per_gpu_hour or config.usd_per_gpu_hour, bool(config.tokens_per_step)
-
-
-def _horizon_plan(args):
-    """The same for a model (a preset or a model YAML) and a horizon given on the command line; no memory."""
-    from .model.info import model_stats
-    from .train.plan import resolve_plan
-
-    if not (args.steps or args.tokens or args.ratio or args.flops):
-        raise ScratchError("plan: give a horizon (--steps, --tokens, --ratio or --flops) or a --recipe")
-    model_config = _model_config(args)
-    seq_len = args.seq_len or model_config.max_position_embeddings
-    stats = model_stats(model_config, seq_len)
-    plan = resolve_plan(
-        stats,
-        seq_len,
-        args.micro_batch or 1,
-        args.num_gpus,
-        tokens_per_step=args.tokens_per_step or 524_288,
-        max_steps=args.steps or 0,
-        max_tokens=int(args.tokens or 0),
-        target_flops=args.flops or 0,
-        tokens_per_param=args.ratio or 0,
-    )
-    return plan, stats, None, args.usd_per_gpu_hour or 0, True
-
-
-def _print_memory(setup, estimate, gpu, by_tokens: bool) -> None:
-    from dataclasses import replace
-
-    from .train.memory import describe_estimate, estimate_memory, settings_that_fit
-
-    how = [
-        "FSDP2" if setup.sharded else "one GPU",
-        "bf16" if setup.bf16 else "fp32",
-        "activation checkpointing" if setup.gradient_checkpointing else "no activation checkpointing",
-        "compiled" if setup.compile else "eager",
-        f"{setup.attention}{' + document masking' if setup.document_masking else ''}",
-    ]
-    print(describe_estimate(estimate, gpu.memory_bytes, f" ({gpu.name}; {', '.join(how)})"))
-    if estimate.device_peak > gpu.memory_bytes:
-        advice = settings_that_fit(setup, gpu.memory_bytes, headroom=0.1, tokens_per_step=by_tokens)
-        print("does NOT fit; same tokens per step, 10% headroom: " + (" or ".join(advice) or "no micro-batch fits"))
-    elif estimate.device_peak > 0.9 * gpu.memory_bytes:
-        print("fits, with less than 10% headroom")
-    else:
-        print("fits")
-    if setup.gradient_checkpointing:
-        unchecked = replace(setup, gradient_checkpointing=False)
-        if estimate_memory(unchecked).device_peak <= 0.9 * gpu.memory_bytes:
-            print("fits without activation checkpointing too (10% headroom), which is faster")
-
-
-def _recipe(path: str, args):
-    """A pretraining recipe and the model it trains, as the training loop builds it."""
-    from .model import ScratchConfig
-    from .model.files import read_config
-    from .model.presets import build_config
-    from .train.config import parse_pretrain_args
-
-    flags = ("steps", "tokens", "ratio", "flops", "micro_batch", "seq_len", "tokens_per_step")
-    given = [flag for flag in flags if getattr(args, flag)]
-    if given:
-        raise ScratchError(
-            f"plan --recipe takes the batch and horizon from the recipe; drop --{given[0].replace('_', '-')} "
-            "(or change the recipe)"
-        )
-    config = parse_pretrain_args(["--config", path])
-    if config.model_preset:
-        return config, build_config({"preset": config.model_preset})
-    if config.model_config:
-        return config, build_config(read_yaml(config.model_config), where=config.model_config)
-    source = Path(config.init_from)
-    if config.init_from.startswith("hub://") or not (source / "config.json").is_file():
-        raise ScratchError(
-            f"{path}: init_from {config.init_from} has no config.json here (it is written by the run this one "
-            "continues, or lives on the Hub); plan that run's recipe, or run it first"
-        )
-    known = ScratchConfig.__dataclass_fields__
-    return config, build_config({k: v for k, v in read_config(source).items() if k in known}, where=str(source))
-
-
 def run_status(args) -> None:
     import time
 
@@ -555,7 +423,8 @@ def run_report(args) -> None:
 
 
 def run_eval_chat(args) -> None:
-    from .eval.chat import chat_eval, read_rows
+    from .disk import read_rows
+    from .eval.chat import chat_eval
     from .model.files import load_for_evaluation
 
     model, tokenizer = load_for_evaluation(args.model)
@@ -564,7 +433,8 @@ def run_eval_chat(args) -> None:
 
 
 def run_eval_preference(args) -> None:
-    from .eval.chat import preference_eval, read_rows
+    from .disk import read_rows
+    from .eval.chat import preference_eval
     from .model.files import load_for_evaluation
 
     model, tokenizer = load_for_evaluation(args.model)
@@ -613,7 +483,7 @@ def run_eval_core(args) -> None:
 
 
 def run_eval_probes(args) -> None:
-    from .eval.chat import read_rows
+    from .disk import read_rows
     from .eval.probes import probe_accuracy
     from .model.files import load_for_evaluation
 

@@ -34,6 +34,7 @@ import socket
 import time
 from pathlib import Path
 
+from .disk import STAGING, write_atomically
 from .errors import ScratchError
 
 STAGES = ("pretrain", "midtrain", "sft", "dpo")  # in pipeline order; recipes name each stage's folder after it
@@ -111,7 +112,7 @@ class RunDir:
         """What a killed process left under checkpoints/: writes (.tmp) and deletions (.deleting) cut short."""
         if self.checkpoints.is_dir():
             for path in self.checkpoints.iterdir():
-                if path.name.endswith((".tmp", ".deleting")):
+                if path.name.endswith((STAGING, ".deleting")):
                     shutil.rmtree(path, ignore_errors=True)
 
     def delete_checkpoint(self, path: Path) -> None:
@@ -136,13 +137,15 @@ class RunDir:
     # --- plan and records --------------------------------------------------------------------------
 
     def read_plan(self) -> dict:
+        if not self.path.is_dir():
+            raise ScratchError(f"{self.path}: no such directory")
         if not self.plan_file.is_file():
             raise ScratchError(f"{self.path} is not a run directory (no plan.json)")
         return json.loads(self.plan_file.read_text())
 
     def write_plan(self, plan: dict) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.plan_file, json.dumps(plan, indent=1))
+        write_atomically(self.plan_file, json.dumps(plan, indent=1))
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.metrics_file)
@@ -162,10 +165,10 @@ class RunDir:
             _append_jsonl(self.samples_file, record)
 
     def write_metrics(self, records: list[dict]) -> None:
-        _write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
+        write_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def write_samples(self, records: list[dict]) -> None:
-        _write_atomically(self.samples_file, "".join(json.dumps(r) + "\n" for r in records))
+        write_atomically(self.samples_file, "".join(json.dumps(r) + "\n" for r in records))
 
     def drop_records_after(self, step: int) -> None:
         """Resuming at `step`: records of later steps were made by a run that is being redone."""
@@ -173,7 +176,7 @@ class RunDir:
             rows = read_jsonl(path)
             kept = [r for r in rows if r.get("step", 0) <= step]
             if len(kept) != len(rows):
-                _write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
+                write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def eval_results(self) -> dict[str, dict]:
         """evals/NAME.json by NAME."""
@@ -324,9 +327,3 @@ def _append_jsonl(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

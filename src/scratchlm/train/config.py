@@ -8,6 +8,7 @@ TrainingArguments names where one exists. An `env:` block in the YAML is exporte
 else runs (the place for NCCL_* and WANDB_* variables, as in TRL's CLI).
 """
 
+import argparse
 import os
 import sys
 import typing
@@ -21,8 +22,7 @@ from ..errors import ScratchError
 from ..hub import HUB_PREFIX, parse_repo_spec
 from ..model import attention
 from .optimizer import MUON_DEFAULTS, OPTIMIZERS
-
-SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
+from .schedule import SCHEDULES
 
 
 def key(default, help: str):
@@ -252,6 +252,22 @@ class PretrainConfig:
         return found
 
 
+CONFIG_HELP = (
+    "a YAML of the keys below (recipes/<run>/pretrain.yaml; an env: block is exported first); a key given after "
+    "it as --key value overrides the file's"
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """A key's default in --help, unless its help says it already or there is none (an empty string or list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def parse_pretrain_args(argv: list[str] | None = None) -> PretrainConfig:
     """`--config FILE` (YAML) then `--key value` overrides; `env:` is exported first."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -270,7 +286,16 @@ def parse_pretrain_args(argv: list[str] | None = None) -> PretrainConfig:
         for name in values:
             if name not in known:
                 raise unknown_key_error(name, known, path)
-    parser = HfArgumentParser(PretrainConfig, allow_abbrev=False)  # --max_step must not mean --max_steps
+    parser = HfArgumentParser(
+        PretrainConfig,
+        allow_abbrev=False,  # --max_step must not mean --max_steps
+        usage="[accelerate launch ...] %(prog)s --config FILE [--key value ...]",
+        formatter_class=HelpFormatter,
+    )
+    # Read above, before the keys' defaults are known; listed here for --help (SUPPRESS: no attribute).
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    listed = parser._optionals._group_actions  # --config first in --help, after -h
+    listed.insert(1, listed.pop())
     parser.set_defaults(**values)
     for action in parser._actions:  # a key given in the YAML is no longer required on the command line
         if action.dest in values:

@@ -13,7 +13,8 @@ SIGKILL, so the process that trains must not be one the launcher kills:
   pretrain.py` finds the trainer alone): it passes each SIGINT and SIGTERM on to the trainer, and
   exits with the trainer's exit status, which the trainer sends it through a pipe;
 - the launcher may still kill the keeper; the trainer then finishes its step and its checkpoint alone
-  (the launcher has returned by then: the run directory stays locked until it has);
+  (the launcher has returned by then: the run directory stays locked until it has), writing what it
+  has to say to stdout once the launcher's pipe for its stderr is closed;
 - when the trainer stopped on a signal the launcher did not get (SIGINT or SIGTERM sent to the trainer,
   or to the keeper), the keeper gives the launcher the same signal: it then exits with 128 + the signal
   and without printing its traceback of a "failed" subprocess.
@@ -71,12 +72,7 @@ def run_beside_launcher(main: Callable[[], int]) -> int:
 
 def _train(main: Callable[[], int], write: int, launcher: int) -> int:
     os.environ[LAUNCHER_PID] = str(launcher)
-    # The launcher reads our stderr through a pipe that dies with it, and it may return before a stop's
-    # checkpoint is written: write where it writes instead (a terminal, a log file: appended to).
-    with suppress(OSError):
-        target = os.open(f"/proc/{launcher}/fd/2", os.O_WRONLY | os.O_APPEND)
-        os.dup2(target, 2)
-        os.close(target)
+    sys.stderr = _Stderr()
     os.write(write, f"{os.getpid()}\n".encode())
     status = 1  # an exception escaping main()
     try:
@@ -88,6 +84,32 @@ def _train(main: Callable[[], int], write: int, launcher: int) -> int:
         with suppress(OSError):  # the keeper may be gone
             os.write(write, f"{status}\n".encode())
     return status
+
+
+class _Stderr:
+    """sys.stderr, then stdout once it fails: the launcher reads our stderr through a pipe that closes when it
+    exits, and after a signal it may exit before the stop's checkpoint is written and said."""
+
+    def __init__(self):
+        self.target = sys.stderr
+
+    def write(self, text: str) -> int:
+        try:
+            written = self.target.write(text)
+            self.target.flush()
+            return written
+        except OSError:  # BrokenPipeError (Python ignores SIGPIPE)
+            if self.target is sys.stdout:
+                return len(text)
+            self.target = sys.stdout
+            return self.write(text)
+
+    def flush(self) -> None:
+        with suppress(OSError):
+            self.target.flush()
+
+    def __getattr__(self, name):  # fileno, isatty, encoding: the current target's
+        return getattr(self.target, name)
 
 
 def keep(read: int, launcher: int) -> int:

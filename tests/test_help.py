@@ -1,0 +1,48 @@
+"""What --help and --version say, and the exit codes of bad input on the commands a user types."""
+
+import re
+import runpy
+
+import pytest
+
+import scratchlm
+from helpers import REPO
+from scratchlm.cli import main as scratchlm_main
+
+PRETRAIN = runpy.run_path(str(REPO / "recipes" / "pretrain.py"), run_name="pretrain")  # its main(), not run
+
+
+def pretrain(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr("sys.argv", ["pretrain.py", *args])
+    try:
+        return PRETRAIN["main"]()
+    except SystemExit as exit:  # argparse's --help and refusals
+        return exit.code
+
+
+def test_pretrain_help_shows_config_and_each_default_once(monkeypatch, capsys):
+    assert pretrain(monkeypatch, "--help") == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith("usage: [accelerate launch ...] pretrain.py --config FILE [--key value ...]")
+    assert "--config FILE a YAML of the keys below (recipes/<run>/pretrain.yaml;" in text
+    assert text.index("--config FILE") < text.index("--output_dir")  # first, where a reader looks
+    assert "(default: the run directory's name)" in text and "(default: 0.1)" in text  # weight_decay
+    assert not re.search(r"\(default: [^)]*\) \(default", text)
+    assert "(default: )" not in text and "(default: [])" not in text
+
+
+def test_scratchlm_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        scratchlm_main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"scratchlm {scratchlm.__version__}"
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    """argparse's own refusals and ours (ScratchError) end the same way: exit status 2."""
+    assert pretrain(monkeypatch, "--max_steps", "3") == 2  # argparse: no output_dir
+    assert "required: --output_dir" in capsys.readouterr().err
+    config = str(REPO / "recipes" / "tiny" / "pretrain.yaml")
+    assert pretrain(monkeypatch, "--config", config, "--learning_rate", "-1") == 2
+    assert capsys.readouterr().err == "error: config: 'learning_rate' must be positive, got -1.0\n"
+    assert scratchlm_main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such directory\n"
