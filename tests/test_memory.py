@@ -222,13 +222,13 @@ def test_every_gpu_recipe_fits_its_hardware_with_10_percent_headroom(name, capsy
     assert plan["memory"]["fits"] and plan["memory"]["device_peak"] <= 0.9 * plan["memory"]["capacity"]
     midtrain = REPO / "recipes" / name / "midtrain.yaml"
     if midtrain.exists():  # its model is the pretrained one: plan its batch on the pretraining model
-        from scratchlm.model.info import model_stats
         from scratchlm.train.config import parse_pretrain_args
         from scratchlm.train.memory import setup_for_run
+        from scratchlm.train.plan import plan_run
 
         config = parse_pretrain_args(["--config", str(midtrain)])
         model = build_config({"preset": recipe["model_preset"]})
-        steps = config.plan(model_stats(model, config.seq_len), config.seq_len, count)
+        steps, _ = plan_run(config, model, count)
         estimate = estimate_memory(setup_for_run(config, model, steps))
         assert estimate.device_peak <= 0.9 * gpu_profile(gpu).memory_bytes
 

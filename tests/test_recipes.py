@@ -12,10 +12,10 @@ from accelerate.commands.config.config_args import load_config_from_file
 from scratchlm.cli import main
 from scratchlm.config import read_yaml
 from scratchlm.data.prepare import read_prepare_config
-from scratchlm.model.info import model_stats
 from scratchlm.model.presets import build_config
 from scratchlm.train.config import parse_pretrain_args
 from scratchlm.train.hardware import nccl_settings
+from scratchlm.train.plan import plan_run
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p.parent.name for p in (REPO / "recipes").glob("*/pretrain.yaml"))
@@ -47,7 +47,7 @@ def test_recipe_parses_and_plans_like_its_reference_run(name, clean_environ):
     assert config.tokenizer_vocab_size <= model.vocab_size
     assert data.tokenizer.startswith(f"runs/{name}/")
     gpus, tokens_per_step, steps = REFERENCE_RUNS[name]
-    plan = config.plan(model_stats(model, config.seq_len), config.seq_len, gpus)
+    plan, _ = plan_run(config, model, gpus)
     assert (plan.tokens_per_step, plan.steps) == (tokens_per_step, steps)
     assert (REPO / "recipes" / name / "README.md").is_file()
 
@@ -116,6 +116,22 @@ def test_planner_reproduces_the_genesis_numbers(capsys):
     assert plan["cost_usd"] == pytest.approx(plan["hours"] * 2 * 0.35, rel=1e-3)
     assert main(["plan", "--preset", "genesis-1b", "--gpu", "4090", "--num-gpus", "2", "--ratio", "20", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 38_164  # Genesis 1B's "~38,150 steps"
+
+
+def test_plan_takes_a_recipe_s_model_and_window_as_the_loop_does(tmp_path, capsys, clean_environ):
+    """train/plan.py works out a recipe's model and window for `scratchlm plan` and the loop alike: a window past
+    the model's context is refused with the loop's message, and init_from is planned from its config.json."""
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny" / "pretrain.yaml").read_text())
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump({**recipe, "seq_len": 1024}))
+    assert main(["plan", "--recipe", str(path), "--gpu", "4090"]) == 2
+    assert "seq_len 1024 exceeds the model's context (max_position_embeddings 512)" in capsys.readouterr().err
+    build_config({"preset": "tiny"}).save_pretrained(str(tmp_path / "model"))
+    for init_from, code in ((str(tmp_path / "model"), 0), ("hub://me/run", 2)):
+        path.write_text(yaml.safe_dump({**recipe, "model_preset": "", "init_from": init_from}))
+        assert main(["plan", "--recipe", str(path), "--gpu", "4090", "--json"]) == code
+    planned, refusal = capsys.readouterr()
+    assert json.loads(planned)["params_total"] == 5_049_600 and "init_from hub://me/run has no config.json" in refusal
 
 
 def test_spike_detector_warns_on_jumps_only():

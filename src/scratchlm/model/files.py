@@ -12,7 +12,6 @@ terminal, asks. Only models with options Llama lacks (a logit soft-cap, BitNet) 
 
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,10 +22,12 @@ from safetensors import SafetensorError
 from torch.distributed.checkpoint import HuggingFaceStorageReader
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM, set_seed
 
-from ..errors import ScratchError
+from ..disk import publish, staging
+from ..errors import ScratchError, one_line
 from ..tokenization import IM_END, check_tokenizer_fits, load_tokenizer
 from . import ScratchConfig, ScratchForCausalLM, attention
 from .bitnet import is_packed, load_packed, save_packed
+from .presets import build_config
 
 FORMATS = ("auto", "scratch", "llama", "bitnet-packed")
 
@@ -85,7 +86,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, with_t
             str(model_dir), dtype=dtype, attn_implementation=attention.FALLBACK
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
+        raise ScratchError(f"cannot load the model in {model_dir}: {one_line(err)}") from None
     return model, tokenizer
 
 
@@ -139,12 +140,18 @@ def as_stock_llama(model: ScratchForCausalLM) -> LlamaForCausalLM:
     return llama.to(model.dtype)
 
 
+def scratch_config(values: dict, where: str = "model config") -> ScratchConfig:
+    """A saved model config as ours: the keys ScratchConfig has (a stock llama config also names its model_type,
+    architectures, ...; `__dataclass_fields__` would count the class's model_type too, dataclasses.fields not)."""
+    known = {f.name for f in dataclasses.fields(ScratchConfig)}
+    return build_config({k: v for k, v in values.items() if k in known}, where=where)
+
+
 def as_scratch(model) -> ScratchForCausalLM:
     """A stock llama model as our class, with the same weights: for midtraining and `--format scratch`."""
     if isinstance(model, ScratchForCausalLM):
         return model
-    known = {f.name for f in dataclasses.fields(ScratchConfig)}
-    config = ScratchConfig(**{k: v for k, v in model.config.to_dict().items() if k in known})
+    config = scratch_config(model.config.to_dict())
     for name in ("training_seq_len", "training_stage"):  # what `eval bpb` and `chat` read, kept
         if hasattr(model.config, name):
             setattr(config, name, getattr(model.config, name))
@@ -182,8 +189,7 @@ def read_checkpoint_tensors(folder: Path, template: dict, aliases: dict | None =
     try:
         dcp.load(wanted, storage_reader=HuggingFaceStorageReader(str(folder)))
     except (Exception, dcp.api.CheckpointException) as err:  # noqa: BLE001 - DCP's own error is a BaseException
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        raise ScratchError(f"cannot read {folder}: {(lines[-1] if lines else type(err).__name__)[:300]}") from None
+        raise ScratchError(f"cannot read {folder}: {one_line(err, last=True)}") from None
     template.update(wanted)
     for alias, original in aliases.items():
         template[alias] = template[original]
@@ -201,10 +207,8 @@ def export_model(model, model_config, tokenizer, out_dir: str | Path, format: st
             plain = ScratchForCausalLM(model_config)
         plain.load_state_dict(full, assign=True)
         plain.tie_weights()
-        staging = target.with_name(target.name + ".tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(plain, tokenizer, staging, format)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        staged = staging(target)
+        shutil.rmtree(staged, ignore_errors=True)
+        save_model(plain, tokenizer, staged, format)
+        publish(staged, target)
     return target

@@ -12,6 +12,11 @@ from .configuration_scratch import ScratchConfig
 from .modeling_scratch import ScratchForCausalLM
 
 
+def window_length(config: ScratchConfig, seq_len: int | None = None) -> int:
+    """The window a model trains (or is counted) on: `seq_len` when given, else its whole context."""
+    return seq_len or config.max_position_embeddings
+
+
 def model_stats(config: ScratchConfig, seq_len: int | None = None) -> dict:
     with torch.device("meta"):
         model = ScratchForCausalLM(config)
@@ -20,7 +25,7 @@ def model_stats(config: ScratchConfig, seq_len: int | None = None) -> dict:
     total = sum(p.numel() for p in model.parameters())  # counts a tied head once
     vocab_matrices = embedding.numel() + (0 if head is embedding else head.numel())
     matmul = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear)) + head.numel()
-    seq_len = seq_len or config.max_position_embeddings
+    seq_len = window_length(config, seq_len)
     attn_width = config.num_attention_heads * config.head_dim
     return {
         "params_total": total,

@@ -8,8 +8,8 @@ from dataclasses import fields
 
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 
-from ..config import unknown_key_error
-from ..errors import ScratchError
+from ..config import read_yaml, unknown_key_error
+from ..errors import ScratchError, one_line
 from .configuration_scratch import ScratchConfig
 
 
@@ -65,23 +65,25 @@ def build_config(spec: dict | None = None, where: str = "model config", **extra)
     values.update(spec)
     try:
         config = ScratchConfig(**values)
-    except StrictDataclassFieldValidationError as err:
-        raise ScratchError(f"{where}: {_first_line(err)}") from None
+    except StrictDataclassFieldValidationError as err:  # "Validation error for field 'x':\n  TypeError: ..."
+        raise ScratchError(f"{where}: {one_line(err, last=True)}") from None
     except (TypeError, ValueError) as err:
         raise ScratchError(f"{where}: {err}") from None
     return config
+
+
+def model_config_from(preset: str | None, path: str | None) -> ScratchConfig:
+    """The model a preset names, else the one a model YAML describes (ScratchConfig keys and an optional
+    `preset:` they override): `model_preset` / `model_config` of a recipe, `--preset` / `--config` of the CLI."""
+    if preset:
+        return build_config({"preset": preset})
+    return build_config(read_yaml(path), where=path)
 
 
 def preset_values(name: str) -> dict:
     if name not in PRESETS:
         raise ScratchError(f"unknown preset '{name}'; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def _first_line(err: StrictDataclassFieldValidationError) -> str:
-    # "Validation error for field 'x':\n    TypeError: Field 'x' expected int, got str ..."
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if len(lines) > 1 else lines[0]
 
 
 __all__ = ["PRESETS", "build_config", "preset_values"]
