@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "src"))
 from scratchlm.config import read_yaml  # noqa: E402
 from scratchlm.data.loader import document_positions  # noqa: E402
 from scratchlm.data.shards import TokenShards  # noqa: E402
+from scratchlm.disk import read_rows  # noqa: E402
 from scratchlm.eval.bpb import evaluate_bpb, token_byte_lengths, token_nats  # noqa: E402
-from scratchlm.eval.chat import read_rows  # noqa: E402
 from scratchlm.eval.core import evaluate_core, load_bundle  # noqa: E402
 from scratchlm.eval.probes import probe_accuracy  # noqa: E402
 from scratchlm.model import ScratchForCausalLM  # noqa: E402

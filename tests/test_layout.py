@@ -82,6 +82,21 @@ def test_no_import_cycles_between_modules_or_packages():
     assert cycle(packages) is None, " -> ".join(cycle(packages))
 
 
+def test_the_model_package_depends_only_on_the_foundations():
+    """The model (its config, code, files and attention) is what training, evaluation and reporting build on; it
+    imports none of them, so a model directory's code and checks never wait on a run's report or the loop."""
+    found = modules()
+    foundations = {f"{PACKAGE}.{name}" for name in ("errors", "config", "disk", "tokenization")}
+    outside = {
+        f"{name} -> {target}"
+        for name, path in found.items()
+        if name.startswith(f"{PACKAGE}.model")
+        for target in imports_of(name, path, set(found))
+        if not target.startswith(f"{PACKAGE}.model") and target not in foundations
+    }
+    assert not outside, sorted(outside)
+
+
 def test_the_cycle_finder_finds_cycles():
     assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert cycle({"a": {"b"}, "b": set()}) is None

@@ -13,7 +13,8 @@ import yaml
 from transformers import AutoTokenizer
 
 from scratchlm.cli import main
-from scratchlm.eval.chat import chat_eval, preference_eval, read_rows
+from scratchlm.disk import read_rows
+from scratchlm.eval.chat import chat_eval, preference_eval
 from scratchlm.model.files import load_model
 from scratchlm.posttrain import command_path
 from scratchlm.run_dir import RunDir, checkpoint_step, read_jsonl

@@ -38,7 +38,7 @@ import datasets
 
 from .card import write_model_card
 from .config import unknown_key_error
-from .errors import ScratchError
+from .errors import ScratchError, one_line
 from .eval.chat import chat_replies
 from .model.files import load_model, read_config, save_model
 from .run_dir import RunDir, checkpoint_step
@@ -117,7 +117,7 @@ def parse_recipe(stage: str, parser, argv: list[str]) -> Recipe:
     except OSError as err:
         raise ScratchError(f"{where}: {err.strerror}: {err.filename}") from None
     except (ValueError, TypeError, IndexError) as err:  # also yaml.YAMLError, a ValueError
-        raise ScratchError(f"{where}: {first_line(err)}") from None
+        raise ScratchError(f"{where}: {one_line(err)}") from None
     recipe = Recipe(where, *parsed, launch)
     check_launch_arguments(stage, parser, recipe)
     return recipe
@@ -247,7 +247,7 @@ def check_datasets(stage: str, recipe: Recipe, tokenizer) -> list[dict]:
             )
         except ValueError as err:
             names = ", ".join(s.description for s in group)
-            raise ScratchError(f"the datasets {names} cannot be mixed (as TRL mixes them): {first_line(err)}") from None
+            raise ScratchError(f"the datasets {names} cannot be mixed (as TRL mixes them): {one_line(err)}") from None
         check_preparation(stage, recipe, tokenizer, purpose, rows, group)
     _, first_group = groups[0]
     return first_group[0].rows
@@ -292,7 +292,7 @@ def open_sample(path, name, data_dir, data_files, split, columns, entry: bool = 
             rows = rows.select_columns(columns)
         first = list(rows.take(CHECK_ROWS))
     except (OSError, ValueError, KeyError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ScratchError(f"dataset {description} could not be opened: {first_line(err)}") from None
+        raise ScratchError(f"dataset {description} could not be opened: {one_line(err)}") from None
     if not first:
         raise ScratchError(f"dataset {description} is empty")
     return Sample(f"dataset {description}", first, rows.features)
@@ -319,7 +319,7 @@ def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset,
         if offset < len(sample.rows):
             break
         offset -= len(sample.rows)
-    row, reason = rows[index], f"{type(error).__name__}: {first_line(error)}"
+    row, reason = rows[index], f"{type(error).__name__}: {one_line(error)}"
     if field:
         raise ScratchError(
             f"{sample.description}, row {offset} (from 0), field '{field}' ({describe(row[field])}): "
@@ -516,10 +516,6 @@ def run_passing_sigterm(command: list[str], **popen) -> int:
         return child.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _has_cuda() -> bool:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .config import read_yaml
+from .disk import read_rows, write_atomically
 from .errors import ScratchError
 from .posttrain import command_path, run_passing_sigterm
 from .report import build_report
@@ -62,7 +63,7 @@ def speedrun(out: str | Path, recipe: str | Path) -> Path:
 
 def print_exchange(model_dir: Path, questions: Path) -> None:
     """One held-out question and the final model's answer."""
-    from .eval.chat import chat_replies, read_rows
+    from .eval.chat import chat_replies
     from .model.files import load_model
 
     model, tokenizer = load_model(model_dir)
@@ -138,6 +139,4 @@ def read_state(out: Path) -> dict:
 
 
 def write_state(out: Path, state: dict) -> None:
-    tmp = out / f"{STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1))
-    tmp.replace(out / STATE)
+    write_atomically(out / STATE, json.dumps(state, indent=1))

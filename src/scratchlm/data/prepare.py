@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import from_mapping
+from ..disk import publish, staging
 from ..errors import ScratchError
 from ..progress import Bar
 from ..tokenization import load_tokenizer, tokenizer_hash
@@ -91,7 +92,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
             raise _no_validation(source, source.max_documents, config)
     fingerprints = {s.name: first_documents(s) for s in config.sources} if len(config.sources) > 1 else {}
 
-    partial = out.with_name(out.name + ".partial")
+    partial = staging(out, ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     tokenizer.save_pretrained(str(partial / "tokenizer"))
@@ -116,7 +117,7 @@ def prepare(config: PrepareConfig, out_dir: str | Path, progress: bool = True) -
         "seconds": round(seconds, 3),
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    partial.rename(out)
+    publish(partial, out)
     return manifest
 
 

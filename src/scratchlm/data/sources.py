@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import yaml
 from datasets.data_files import FILES_TO_IGNORE, DataFilesList, get_data_patterns, resolve_pattern
 
-from ..errors import ScratchError
+from ..errors import ScratchError, one_line
 
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text", ".md": "text", ".py": "text"}
 COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
@@ -100,7 +100,7 @@ class Source:
         except StopIteration:  # raised while inferring the columns of an empty file
             raise ScratchError(f"source '{self}' is empty") from None
         except (ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError, ValueError) as err:
-            raise ScratchError(f"source '{self}' could not be opened: {_one_line(err)}") from None
+            raise ScratchError(f"source '{self}' could not be opened: {one_line(err)}") from None
 
     def files(self) -> list[str]:
         """The local files this source reads ([] for a Hub id or a saved dataset), config and split applied."""
@@ -161,7 +161,7 @@ class Source:
         try:
             data_files = datasets.load_dataset_builder(str(root), self.config).config.data_files
         except (FileNotFoundError, ValueError) as err:
-            raise ScratchError(f"source '{self}' could not be opened: {_one_line(err)}") from None
+            raise ScratchError(f"source '{self}' could not be opened: {one_line(err)}") from None
         if self.split not in data_files:
             raise ScratchError(f"source '{self}' has no split '{self.split}' (splits: {', '.join(data_files)})")
         return [str(f) for f in data_files[self.split]]
@@ -279,7 +279,7 @@ def _card_configs(path: Path) -> list[str]:
     try:
         metadata = yaml.safe_load(front.group(1)) if front else {}
     except yaml.YAMLError as err:
-        raise ScratchError(f"{card}: the dataset card's front matter is not YAML: {_one_line(err)}") from None
+        raise ScratchError(f"{card}: the dataset card's front matter is not YAML: {one_line(err)}") from None
     configs = metadata.get("configs") if isinstance(metadata, dict) else None
     return [c["config_name"] for c in configs or [] if isinstance(c, dict) and "config_name" in c]
 
@@ -346,7 +346,3 @@ def _columns(file: str) -> dict[str, str] | None:
         except pa.ArrowException:  # empty, a JSON document rather than lines, or a compression arrow lacks
             return None
     return None
-
-
-def _one_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -9,28 +9,12 @@
   reward margin beta * ((log p - log p_ref)(chosen) - (log p - log p_ref)(rejected)) as TRL logs it.
 """
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from ..errors import ScratchError
 from ..progress import Bar
 from ..tokenization import IM_END
-
-
-def read_rows(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ScratchError(f"{path}: no such file")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not rows:
-        raise ScratchError(f"{path} is empty")
-    missing = [key for key in required if key not in rows[0]]
-    if missing:
-        raise ScratchError(f"{path} has no {', '.join(missing)} (columns: {', '.join(rows[0])})")
-    return rows
 
 
 def _require_template(tokenizer, where: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.dynamic_module_utils import custom_object_save
 
-from ..errors import ScratchError
+from ..errors import ScratchError, one_line
 from .attention import FALLBACK
 from .modeling_scratch import PACKED_WEIGHTS, BitLinear, ScratchForCausalLM, int8_activations, ternary_weights
 
@@ -117,4 +117,4 @@ def load_packed(model_dir: str | Path) -> ScratchForCausalLM:
     try:
         return ScratchForCausalLM.from_pretrained(str(model_dir), attn_implementation=FALLBACK).eval()
     except ValueError as err:
-        raise ScratchError(f"cannot load the model in {model_dir}: {str(err).splitlines()[0]}") from None
+        raise ScratchError(f"cannot load the model in {model_dir}: {one_line(err)}") from None

@@ -16,8 +16,8 @@ import contextlib
 
 import torch
 
+from ..disk import read_rows
 from ..eval.bpb import evaluate_bpb, token_byte_lengths
-from ..eval.chat import read_rows
 from ..eval.core import evaluate_core, load_bundle
 from ..eval.probes import probe_accuracy
 from .monitor import generate_samples

@@ -11,6 +11,10 @@
 import math
 from dataclasses import dataclass
 
+from ..errors import ScratchError
+
+SCHEDULES = ("cosine", "wsd", "two_stage", "constant")
+
 
 @dataclass
 class Schedule:
@@ -24,6 +28,15 @@ class Schedule:
     stage_boundary: int = 0
     stage1_final_lr: float = 0.0
     stage2_weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ScratchError(f"lr_scheduler_type '{self.kind}' is not one of {', '.join(SCHEDULES)}")
+
+    @property
+    def decay_start(self) -> int:
+        """wsd: the first step of the decay, the last decay_fraction of the steps (at least one)."""
+        return self.total_steps - max(1, round(self.decay_fraction * self.total_steps))
 
     @classmethod
     def from_config(cls, config, total_steps: int) -> "Schedule":
@@ -49,11 +62,10 @@ class Schedule:
             progress = _progress(step, self.warmup_steps, self.total_steps)
             return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         if self.kind == "wsd":
-            decay_start = self.total_steps - max(1, round(self.decay_fraction * self.total_steps))
-            if step < decay_start:
+            if step < self.decay_start:
                 return self.peak_lr
-            return _linear(self.peak_lr, self.min_lr, _progress(step, decay_start, self.total_steps))
-        if step < self.stage_boundary:  # two_stage
+            return _linear(self.peak_lr, self.min_lr, _progress(step, self.decay_start, self.total_steps))
+        if step < self.stage_boundary:  # two_stage, the one kind left (__post_init__ refuses any other)
             return _linear(self.peak_lr, self.stage1_final_lr, _progress(step, self.warmup_steps, self.stage_boundary))
         return _linear(self.stage1_final_lr, self.min_lr, _progress(step, self.stage_boundary, self.total_steps))
 
@@ -69,8 +81,7 @@ class Schedule:
         if self.kind == "two_stage":
             return "stage 1" if step < self.stage_boundary else "stage 2"
         if self.kind == "wsd":
-            decay_start = self.total_steps - max(1, round(self.decay_fraction * self.total_steps))
-            return "stable" if step < decay_start else "decay"
+            return "stable" if step < self.decay_start else "decay"
         return "decay" if self.kind == "cosine" else "constant"
 
     def forced_checkpoints(self) -> set[int]:
