@@ -142,3 +142,17 @@ def test_the_export_is_complete_with_a_model_card(run):
     tokenizer = json.loads((export / "tokenizer_config.json").read_text())
     assert generation["pad_token_id"] is not None and len(generation["eos_token_id"]) == 2
     assert tokenizer["eos_token"] == "<|endoftext|>"
+
+
+def test_a_checkpoints_card_names_the_hardware_that_trained_it(run, tmp_path):
+    """plan.json says the latest session's hardware; a later session on 2 GPUs must not relabel step 12."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("export", "step_00000016"))
+    plan = json.loads((copy / "plan.json").read_text())
+    trained_on = plan["hardware"]
+    assert trained_on.startswith("CPU: ") and trained_on.endswith(", 1 process(es)")
+    (copy / "plan.json").write_text(json.dumps({**plan, "hardware": "2 x NVIDIA H100 80GB HBM3"}))
+    out = tmp_path / "step12"
+    assert main(["export", str(copy / "checkpoints" / "step_00000012"), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    assert f"- hardware: {trained_on}; wall time " in card and "H100" not in card

@@ -22,6 +22,8 @@ def write_model_card(run: RunDir, data: list[str], export: Path | None = None, s
     export = Path(export) if export is not None else run.export
     run_dir = run.path
     summary = run_summary(run_dir, until_step=step)
+    if step is not None:  # plan.json describes the run's latest session, which may have other hardware
+        summary["hardware"] = _checkpoint_hardware(run, step) or summary.get("hardware")
     config = json.loads((export / "config.json").read_text())
     plot_curves([run_dir], "loss", export / "loss.png")
     evals = [
@@ -55,6 +57,12 @@ def write_model_card(run: RunDir, data: list[str], export: Path | None = None, s
     ]
     (export / "README.md").write_text("\n".join(lines))
     return export / "README.md"
+
+
+def _checkpoint_hardware(run: RunDir, step: int) -> str | None:
+    """What the checkpoint of `step` was trained on, as its session recorded it (None for a TRL checkpoint)."""
+    state = run.checkpoint(step) / "trainer_state.json"
+    return json.loads(state.read_text()).get("hardware") if state.is_file() else None
 
 
 def write_plain_model_card(export: Path) -> Path:

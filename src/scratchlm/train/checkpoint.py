@@ -26,11 +26,13 @@ import random
 import shutil
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint import HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -41,9 +43,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.tensor import DTensor
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from ..disk import publish, staging
 from ..errors import ScratchError, one_line
+from ..hub import CheckpointUploader
 from ..model.files import read_checkpoint_tensors
 from ..run_dir import (
     COMPLETE,
@@ -55,7 +59,12 @@ from ..run_dir import (
     is_complete,
     write_manifest,
 )
+from .config import PretrainConfig
+from .hardware import describe_hardware
 from .optimizer import optimizer_name
+from .parallel import World
+from .plan import Plan
+from .schedule import Schedule
 
 # Saving or loading in one process is intended (CPU runs, export), not a misconfiguration.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -64,27 +73,37 @@ _OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class Checkpointer:
-    """When to save (save_steps, save_minutes by rank 0's clock, milestones, forced steps, the end, a stop),
-    what to keep (save_total_limit, milestones, forced steps, what the uploader still reads), and where
-    to resume. `states` are the run's components with state_dict()/load_state_dict() (the train state,
-    the loader); `record` is saved beside them for reports and checks (plan, schedule, config)."""
+    """When to save (save_steps, save_minutes by rank 0's clock, milestones, the schedule's forced steps, the
+    end, a stop), what to keep (save_total_limit, milestones, forced steps, what the uploader still reads),
+    and where. Built once the run's horizon is final (after a resume and an extension: `restore` below), so
+    what it records beside the weights (plan, config, schedule) is the run's. `states` are the run's
+    components with state_dict()/load_state_dict() (the train state, the loader); `uploader` sends each
+    checkpoint to the Hub (rank 0, push_to_hub)."""
 
-    def __init__(self, run: RunDir, config, world, model, optimizer, model_config, tokenizer, states: dict, record):
+    def __init__(
+        self,
+        *,
+        run: RunDir,
+        config: PretrainConfig,
+        world: World,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        model_config: PretrainedConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        states: dict,
+        plan: Plan,
+        schedule: Schedule,
+        uploader: CheckpointUploader | None = None,
+    ):
         self.run, self.config, self.world = run, config, world
         self.model, self.optimizer = model, optimizer
         self.model_config, self.tokenizer = model_config, tokenizer
-        self.states, self.record = states, record
-        self.forced: set[int] = set(config.milestones)
-        self.uploader = None
+        self.states = states
+        self.record = {"plan": plan.as_dict(), "config": asdict(config), "schedule": asdict(schedule),
+                       "hardware": describe_hardware(world.size)}  # plan.json's is the latest session's  # fmt: skip
+        self.forced: set[int] = set(config.milestones) | schedule.forced_checkpoints()
+        self.uploader = uploader
         self._last_save = time.perf_counter()
-
-    def load(self, path: Path) -> dict:
-        """Restore model, optimizer, RNG and every component; returns the saved record (plan, schedule, config)."""
-        saved = load_checkpoint(path, self.model, self.optimizer, self.config.reset_optimizer)
-        states = saved.get("states") or {"train_state": saved["state"], "loader": saved["loader"]}  # older format
-        for name, component in self.states.items():
-            component.load_state_dict(states[name])
-        return saved
 
     # --- save -------------------------------------------------------------------------------------
 
@@ -132,7 +151,17 @@ class Checkpointer:
         return bool(self.world.broadcast(flag))
 
 
-def resume_point(run: RunDir, world) -> Path | None:
+def restore(path: Path, model, optimizer, states: dict, reset_optimizer: bool = False) -> dict:
+    """Restore model, optimizer, RNG and every component of `states` (as the Checkpointer names them) from a
+    checkpoint; returns its trainer state (the plan, schedule and config it was saved with among it)."""
+    saved = load_checkpoint(path, model, optimizer, reset_optimizer)
+    saved_states = saved.get("states") or {"train_state": saved["state"], "loader": saved["loader"]}  # older format
+    for name, component in states.items():
+        component.load_state_dict(saved_states[name])
+    return saved
+
+
+def resume_point(run: RunDir, world: World) -> Path | None:
     """The newest intact checkpoint, chosen by rank 0 for every rank (ranks that listed folders on their
     own could disagree, and then wait for each other forever)."""
     chosen = None
