@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import REPO, free_port, small_config
+from helpers import REPO, free_port, launch, small_config, small_run, train_losses
 from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.train.config import PretrainConfig
@@ -299,3 +299,46 @@ def test_the_other_optimizers_state_is_refused_unless_reset(tmp_path, tokenizer_
     torch.nn.init.zeros_(model.model.norm.weight)
     load_checkpoint(path, model, adamw, reset_optimizer=True)
     assert model.model.norm.weight.abs().min() > 0 and not adamw.state  # the weights, and no foreign state
+
+
+def test_muon_through_the_loop_resumes_exactly_and_a_resume_with_adamw_is_refused(tmp_path, shards_dir):
+    """`accelerate launch recipes/pretrain.py` as users run it: 6 steps straight, and 3 + 3 in two launches."""
+    straight = small_run(tmp_path / "a", shards_dir, optimizer="muon", max_steps=6, save_steps=3)
+    launch(tmp_path / "a", "--config", str(straight))
+    paused = small_run(tmp_path / "b", shards_dir, optimizer="muon", max_steps=6, save_steps=3)
+    launch(tmp_path / "b", "--config", str(paused), "--stop_at_step", "3")
+    refused = launch(tmp_path / "b", "--config", str(paused), "--optimizer", "adamw", fails=True)
+    checkpoint = tmp_path / "b" / "run" / "checkpoints" / "step_00000003"
+    assert (
+        f"{checkpoint} holds muon optimizer state and this run's optimizer is adamw; set optimizer: muon to "
+        "continue it, or pass --reset_optimizer true to start adamw's state from zero"
+    ) in refused.stderr and "Traceback" not in refused.stderr  # one line (exit status 2), before any step
+    assert max(train_losses(tmp_path / "b" / "run")) == 3  # nothing trained
+    launch(tmp_path / "b", "--config", str(paused))
+    a, b = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 7)) and a[6]["loss"] < a[1]["loss"] - 0.5
+    for step in a:
+        assert (a[step]["loss"], a[step]["grad_norm"], a[step]["lr"]) == (b[step]["loss"], b[step]["grad_norm"],
+                                                                          b[step]["lr"]), step  # fmt: skip
+
+
+def test_the_planner_counts_the_state_of_the_runs_optimizer():
+    """No planner line assumes AdamW: a Muon run's plan keeps one fp32 buffer per matrix element, not two."""
+    from types import SimpleNamespace
+
+    from scratchlm.model.presets import build_config
+    from scratchlm.train.memory import TrainingSetup, estimate_memory, setup_for_run
+
+    config = build_config({"preset": "genesis-1b"})
+    with torch.device("meta"):
+        model = ScratchForCausalLM(config)
+    total = sum(p.numel() for p in model.parameters())
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.ndim == 2 and "embed" not in n)
+    adamw = estimate_memory(TrainingSetup(config, 2048, 4)).terms
+    assert adamw["optimizer"] == 8 * total
+    plan = SimpleNamespace(seq_len=2048, micro_batch=4, accumulation=1, world_size=2)
+    muon = setup_for_run(pretrain_config(optimizer="muon"), config, plan)
+    assert (muon.optimizer, muon.sharded) == ("muon", True)
+    assert estimate_memory(muon).terms["optimizer"] == (8 * total - 4 * matrices) // 2
+    # Its step gathers the largest matrix (4736 x 1536) whole in fp32 and runs Newton-Schulz on it in bf16.
+    assert estimate_memory(muon).terms["transient"] >= 4 * 4736 * 1536 + 2 * (2 * 4736 * 1536 + 3 * 1536**2)

@@ -13,7 +13,9 @@ The terms, in bytes, for one process:
   reduce dtype (fp32), until the last micro-batch reduce-scatters it (torch's _fsdp_param.py
   to_accumulated_grad_if_needed / _fsdp_param_group.py post_backward): with accumulation > 1 that is
   4 bytes per parameter of the whole model on every rank, not a shard;
-- optimizer: AdamW's two fp32 moments (sharded under FSDP2); fused on CUDA, so no temporaries;
+- optimizer: the state train/optimizer.py says its optimizer keeps (sharded under FSDP2): AdamW's two
+  fp32 moments (fused on CUDA, so no temporaries), or Muon's one momentum buffer for the hidden matrices
+  and AdamW's moments for the rest, with its step's transient (one matrix gathered and orthogonalised);
 - activations: what the forward saves for backward, from formulas read off the real module's saved
   tensors (layer_activation_bytes below; benchmarks/memory_validation.py checks them);
 - loss: the loss's saved gradients, and its largest transient (one chunk for our chunked loss);
@@ -37,6 +39,7 @@ from ..model.attention import NAMES as ATTENTIONS
 from ..model.attention import choose as choose_attention
 from ..model.configuration_scratch import ScratchConfig
 from ..model.loss import default_chunk_tokens
+from .optimizer import state_bytes, step_transient_bytes
 
 GIB = 2**30
 # Not seen by torch's allocator, so not in max_memory_allocated: the CUDA context with cuBLAS/cuDNN
@@ -70,6 +73,7 @@ class TrainingSetup:
     loss: str = "chunked"  # chunked (model/loss.py), liger (its fused kernel), plain (all logits)
     attention: str = "sdpa"
     document_masking: bool = True
+    optimizer: str = "adamw"  # a name in train/optimizer.py's OPTIMIZERS
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -305,14 +309,26 @@ def estimate_memory(setup: TrainingSetup) -> MemoryEstimate:
         terms["gradients"] = (2 if setup.bf16 and setup.reduce_dtype == "bfloat16" else 4) * counts.total
     else:
         terms["gradients"] = 4 * math.ceil(counts.total / shard)
-    terms["optimizer"] = 8 * math.ceil(counts.total / shard)
+    terms["optimizer"], optimizer_transient = optimizer_bytes(setup, shard)
     terms["activations"] = model_activation_bytes(dim, setup)
     terms["loss_saved"], loss_transient = loss_bytes(dim, setup)
     # The loss's transient comes at the end of the forward, the backward's after it: one at a time.
-    terms["transient"] = max(loss_transient, backward_transient_bytes(dim, setup, counts))
+    # The optimizer's comes after both, with the activations freed: counting it here is an upper bound.
+    terms["transient"] = max(loss_transient, backward_transient_bytes(dim, setup, counts), optimizer_transient)
     allocated = sum(terms.values())
     context = CUDA_CONTEXT_BYTES + (NCCL_BYTES if setup.world_size > 1 else 0)
     return MemoryEstimate(terms, allocated, context, math.ceil(allocated * (1 + ALLOCATOR_SLACK)) + context)
+
+
+def optimizer_bytes(setup: TrainingSetup, shard: int) -> tuple[int, int]:
+    """The optimizer's state on one rank, and its step's largest transient (Newton-Schulz in bf16 on a GPU),
+    as the optimizer module counts them on the model's parameters."""
+    from ..model.modeling_scratch import ScratchForCausalLM
+
+    with torch.device("meta"):
+        model = ScratchForCausalLM(setup.model)
+    state = math.ceil(sum(state_bytes(setup.optimizer, model).values()) / shard)
+    return state, step_transient_bytes(setup.optimizer, model, compute_bytes=2)
 
 
 def gib(n: int) -> str:
@@ -393,5 +409,6 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         bf16=config.bf16 is not False if bf16 is None else bf16,
         attention=choose_attention(config.attn_implementation, config.document_masking, gpu=True),
         document_masking=config.document_masking,
+        optimizer=config.optimizer,
     )
     return TrainingSetup(**{**values, **overrides})
