@@ -1,12 +1,14 @@
-"""What --help and --version say, and the exit codes of bad input on the commands a user types."""
+"""What --help and --version say, the exit codes of bad input on the commands a user types, and the remarks a
+run makes at start-up."""
 
 import re
 import runpy
 
 import pytest
+import yaml
 
 import scratchlm
-from helpers import REPO
+from helpers import REPO, small_run
 from scratchlm.cli import main as scratchlm_main
 
 PRETRAIN = runpy.run_path(str(REPO / "recipes" / "pretrain.py"), run_name="pretrain")  # its main(), not run
@@ -46,3 +48,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "error: config: 'learning_rate' must be positive, got -1.0\n"
     assert scratchlm_main(["plot", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such directory\n"
+
+
+def test_a_model_with_far_more_rows_than_tokens_is_remarked_on(tmp_path, shards_dir, monkeypatch, capsys):
+    """The issue's case in small: a preset's many rows beside a small tokenizer (here 4,096 rows, 1,024 tokens)."""
+    config = small_run(tmp_path, shards_dir, max_steps=1, save_steps=0)
+    model = yaml.safe_load((tmp_path / "model.yaml").read_text())
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**model, "vocab_size": 4096}))
+    assert pretrain(monkeypatch, "--config", str(config)) == 0
+    assert (
+        "warning: the model has 4,096 vocabulary rows but its tokenizer 1,024 tokens: 3,072 rows (75%) are never "
+        "used; a model for this tokenizer sets vocab_size 1,024\n" in capsys.readouterr().out
+    )
+    capsys.readouterr()
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({**model, "vocab_size": 1088}))  # padded: no remark
+    assert pretrain(monkeypatch, "--config", str(config), "--output_dir", str(tmp_path / "padded")) == 0
+    out = capsys.readouterr().out
+    assert "vocab 1088" in out and "warning" not in out

@@ -145,6 +145,21 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, vocab_size: int, wh
         )
 
 
+def unused_rows_warning(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> str | None:
+    """A model with many more vocabulary rows than the tokenizer has tokens trains rows no token ever selects
+    (a preset's 32,000 beside a 1,275-token tokenizer): parameters, memory and an LM head's softmax spent on
+    nothing, and the sign of a tokenizer or preset picked by mistake. Padding to a round size is normal."""
+    tokens = len(tokenizer)
+    unused = vocab_size - tokens
+    if unused < 128 or unused < 0.1 * vocab_size:
+        return None
+    fitted = -(-tokens // 64) * 64
+    return (
+        f"warning: the model has {vocab_size:,} vocabulary rows but its tokenizer {tokens:,} tokens: {unused:,} "
+        f"rows ({unused / vocab_size:.0%}) are never used; a model for this tokenizer sets vocab_size {fitted:,}"
+    )
+
+
 def tokenizer_hash(tokenizer: PreTrainedTokenizerBase) -> str:
     """Identifies a vocabulary and its merges: token shards record it and refuse any other."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from transformers import PreTrainedTokenizerBase
 
 from ..card import write_model_card
 from ..config import read_yaml
@@ -25,8 +26,15 @@ from ..model.bitnet import bitnet_stats
 from ..model.files import as_scratch, export_model, load_model_from
 from ..model.loss import liger_loss
 from ..run_dir import RunDir, RunLock
-from ..tokenization import check_tokenizer_fits, load_tokenizer, sample_texts, tokenizer_hash, train_tokenizer
-from .checkpoint import Checkpointer, resume_point
+from ..tokenization import (
+    check_tokenizer_fits,
+    load_tokenizer,
+    sample_texts,
+    tokenizer_hash,
+    train_tokenizer,
+    unused_rows_warning,
+)
+from .checkpoint import Checkpointer, restore, resume_point
 from .config import PretrainConfig
 from .evaluate import Evaluator
 from .hardware import check_first_collective, describe_hardware, prepare_environment
@@ -34,7 +42,7 @@ from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
-from .plan import model_config_of, peak_flops_of, plan_run
+from .plan import Plan, model_config_of, plan_run
 from .schedule import Schedule
 from .state import TrainState
 from .step import Stepper
@@ -58,10 +66,10 @@ class Training:
     lock: RunLock
     model: torch.nn.Module  # what the step calls (DDP-wrapped under DDP)
     model_config: ScratchConfig
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
     loader: WindowLoader
-    plan: object
+    plan: Plan
     schedule: Schedule
     state: TrainState
     checkpointer: Checkpointer
@@ -70,7 +78,6 @@ class Training:
     meter: Meter
     log: RunLog
     progress: Progress
-    resumed_from: Path | None
 
     @property
     def raw_model(self) -> torch.nn.Module:
@@ -185,11 +192,10 @@ class StopRequest:
 
 def setup(config: PretrainConfig) -> Training:
     prepare_environment()
-    world = start_world()
+    world = start_world(bf16=config.bf16)
     check_first_collective(world)
     run = RunDir(config.output_dir)
     lock = take_lock(run, world)
-    bf16 = config.bf16 if config.bf16 is not None else torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if config.push_to_hub and world.main:  # a refused token is found now, not at the first checkpoint
         check_write_access(config.hub_model_id, config.hub_private_repo)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -202,60 +208,71 @@ def setup(config: PretrainConfig) -> Training:
 
     resume_from = resume_point(run, world)
     model, model_config = build_model(config, resume_from, tokenizer)
+    if warning := unused_rows_warning(tokenizer, model_config.vocab_size):
+        print_main(world, warning)
     plan, stats = plan_run(config, model_config, world.size)
-    seq_len = plan.seq_len
     if world.device.type == "cuda":
-        check_memory(config, model_config, plan, bf16, world)
-    model = wrap_model(model, world, config, bf16)
+        check_memory(config, model_config, plan, world)
+    model = wrap_model(model, world, config, world.bf16)
     optimizer = build_optimizer(unwrapped(model), config)  # after sharding: FSDP2 replaces the parameters
-    loader = WindowLoader(shards, seq_len, plan.micro_batch, world.rank, world.size, config.seed)
+    loader = WindowLoader(shards, plan.seq_len, plan.micro_batch, world.rank, world.size, config.seed)
     state = TrainState(total_steps=plan.steps)
-    checkpointer = Checkpointer(
-        run, config, world, unwrapped(model), optimizer, model_config, tokenizer,
-        states={"train_state": state, "loader": loader},
-        record={"plan": plan.as_dict(), "config": asdict(config)},
-    )  # fmt: skip
+    states = {"train_state": state, "loader": loader}  # what a checkpoint holds beside weights and moments
     if resume_from is not None:
-        saved = checkpointer.load(resume_from)
-        check_same_batch(resume_from, saved["plan"], plan)
-        if plan.steps != state.total_steps:
-            print_main(world, f"note: the config's horizon is {plan.steps:,} steps but the run's is "
-                       f"{state.total_steps:,}; keeping the run's (use --extend_to to lengthen it)")  # fmt: skip
+        resume(config, world, resume_from, unwrapped(model), optimizer, states, plan)
     schedule = Schedule.from_config(config, state.total_steps)
     if config.extend_to:
         state.total_steps = extend(schedule, state, config.extend_to, lambda m: print_main(world, m))
         schedule = Schedule.from_config(config, state.total_steps)
-    checkpointer.record["schedule"] = asdict(schedule)
-    checkpointer.forced |= schedule.forced_checkpoints()
 
-    log = RunLog(run, world.main, asdict(config), config.report_to, config.wandb_project, config.run_name)
+    log = RunLog(run=run, config=config, enabled=world.main)
     if world.main:
         if resume_from is not None:
             run.drop_records_after(state.step)  # the steps after it are about to be trained again
-        write_run_files(run, config, plan, state, stats, world.size)
-    describe(lambda m: print_main(world, m), plan, state, resume_from, model_config, world.size, bf16, shards)
+        write_run_files(run, config, plan, state, stats, world)
+    describe(world, plan, state, resume_from, model_config, shards)
     progress = Progress(world.main, state.total_steps, state.step)
-    evaluator = Evaluator(config, unwrapped(model), tokenizer, shards, seq_len, plan.micro_batch, world, bf16, log,
-                          progress)  # fmt: skip
-    if config.push_to_hub and world.main:
-        checkpointer.uploader = CheckpointUploader(
-            config.hub_model_id, config.hub_private_repo, config.hub_retry_seconds, say=progress.write
-        )
-        if resume_from is not None:  # its upload may have been cut short (files already there are not sent again)
-            checkpointer.uploader.submit(resume_from, resume_from.name)
+    checkpointer = Checkpointer(
+        run=run, config=config, world=world, model=unwrapped(model), optimizer=optimizer, model_config=model_config,
+        tokenizer=tokenizer, states=states, plan=plan, schedule=schedule,
+        uploader=start_uploads(config, world, resume_from, progress),
+    )  # fmt: skip
+    evaluator = Evaluator(config=config, model=unwrapped(model), tokenizer=tokenizer, shards=shards, plan=plan,
+                          world=world, log=log, progress=progress)  # fmt: skip
     if resume_from is not None:
         evaluator.catch_up(state.step, state.tokens, state.done, run.metrics() + run.samples() if world.main else [])
-    peak = config.peak_tflops * 1e12 or (
-        peak_flops_of(torch.cuda.get_device_name()) if world.device.type == "cuda" else 0
-    )
     return Training(
         config=config, world=world, run=run, lock=lock, model=model, model_config=model_config, tokenizer=tokenizer,
         optimizer=optimizer, loader=loader, plan=plan, schedule=schedule, state=state, checkpointer=checkpointer,
         stepper=Stepper(model=model, optimizer=optimizer, loader=loader, accumulation=plan.accumulation, world=world,
-                        bf16=bf16, config=config),
-        evaluator=evaluator, meter=Meter(plan, peak, world.size, world.device), log=log, progress=progress,
-        resumed_from=resume_from,
+                        bf16=world.bf16, config=config),
+        evaluator=evaluator, meter=Meter(plan=plan, world=world, peak_tflops=config.peak_tflops), log=log,
+        progress=progress,
     )  # fmt: skip
+
+
+def resume(config: PretrainConfig, world: World, path: Path, model, optimizer, states: dict, plan: Plan) -> None:
+    """Restore the run from its checkpoint `path`: the same global batch, and its own horizon (a config's new
+    one takes --extend_to)."""
+    saved = restore(path, model, optimizer, states, config.reset_optimizer)
+    check_same_batch(path, saved["plan"], plan)
+    total_steps = states["train_state"].total_steps
+    if plan.steps != total_steps:
+        print_main(world, f"note: the config's horizon is {plan.steps:,} steps but the run's is {total_steps:,}; "
+                   "keeping the run's (use --extend_to to lengthen it)")  # fmt: skip
+
+
+def start_uploads(config: PretrainConfig, world: World, resume_from: Path | None, progress: Progress):
+    """The uploader of checkpoints to the Hub (rank 0, push_to_hub; else None). A resumed run's checkpoint goes
+    again first: its upload may have been cut short (files already there are not sent again)."""
+    if not (config.push_to_hub and world.main):
+        return None
+    uploader = CheckpointUploader(
+        config.hub_model_id, config.hub_private_repo, config.hub_retry_seconds, say=progress.write
+    )
+    if resume_from is not None:
+        uploader.submit(resume_from, resume_from.name)
+    return uploader
 
 
 def take_lock(run: RunDir, world: World) -> RunLock:
@@ -272,12 +289,12 @@ def take_lock(run: RunDir, world: World) -> RunLock:
     return lock
 
 
-def check_memory(config: PretrainConfig, model_config, plan, bf16: bool, world: World) -> None:
+def check_memory(config: PretrainConfig, model_config: ScratchConfig, plan: Plan, world: World) -> None:
     """This GPU's memory next to the run's per-GPU estimate, before any of it is spent: a run that cannot fit
     is refused now, with settings of the same tokens per step that would (train/memory.py)."""
     device = torch.cuda.get_device_properties(world.device)
     loss = "liger" if liger_loss(world.device) else "chunked"
-    setup = setup_for_run(config, model_config, plan, bf16=bf16, sharded=world.fsdp,
+    setup = setup_for_run(config, model_config, plan, bf16=world.bf16, sharded=world.fsdp,
                           attention=model_config._attn_implementation, loss=loss)  # fmt: skip
     estimate = check_fits(setup, device.total_memory, device.name, tokens_per_step=bool(config.tokens_per_step))
     print_main(world, describe_estimate(estimate, device.total_memory, f" ({device.name})"))
@@ -381,7 +398,7 @@ def data_description(data_dir: str) -> list[str]:
     ]
 
 
-def write_run_files(run: RunDir, config: PretrainConfig, plan, state: TrainState, stats: dict, world: int) -> None:
+def write_run_files(run: RunDir, config: PretrainConfig, plan: Plan, state: TrainState, stats: dict, world: World):
     run.path.mkdir(parents=True, exist_ok=True)
     run.config_file.write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     run.write_plan(
@@ -390,19 +407,25 @@ def write_run_files(run: RunDir, config: PretrainConfig, plan, state: TrainState
             **stats,
             "stage": config.stage,
             "total_steps": state.total_steps,
-            "hardware": describe_hardware(world),
+            "hardware": describe_hardware(world.size),
         }  # fmt: skip
     )
 
 
-def describe(say, plan, state: TrainState, resume_from, model_config, world: int, bf16: bool, shards) -> None:
+def describe(world: World, plan: Plan, state: TrainState, resume_from, model_config, shards: TokenShards) -> None:
+    """The run in five lines, before its first step."""
+
+    def say(message: str) -> None:
+        print_main(world, message)
+
     say(
         f"model: {plan.params_total:,} parameters, {model_config.num_hidden_layers} layers x "
         f"{model_config.hidden_size}, vocab {model_config.vocab_size}, attention {model_config._attn_implementation}"
     )
     say(
-        f"batch: {plan.micro_batch} x {plan.seq_len} tokens x {plan.accumulation} accumulation x {world} processes "
-        f"= {plan.tokens_per_step:,} tokens/step; bf16 {'on' if bf16 else 'off'}; {torch.get_num_threads()} threads"
+        f"batch: {plan.micro_batch} x {plan.seq_len} tokens x {plan.accumulation} accumulation x {world.size} "
+        f"processes = {plan.tokens_per_step:,} tokens/step; bf16 {'on' if world.bf16 else 'off'}; "
+        f"{torch.get_num_threads()} threads"
     )
     say(
         f"horizon: {state.total_steps:,} steps = {state.total_steps * plan.tokens_per_step:,} tokens "
