@@ -15,19 +15,38 @@ warning in the log. Training keeps its graphs; evaluation is a small share of a 
 import contextlib
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from ..data.shards import TokenShards
 from ..disk import read_rows
 from ..eval.bpb import evaluate_bpb, token_byte_lengths
 from ..eval.core import evaluate_core, load_bundle
 from ..eval.probes import probe_accuracy
-from .monitor import generate_samples
-from .parallel import autocast
+from .config import PretrainConfig
+from .monitor import Progress, RunLog, generate_samples
+from .parallel import World, autocast
+from .plan import Plan
 
 
 class Evaluator:
-    def __init__(self, config, model, tokenizer, shards, seq_len: int, micro_batch: int, world, bf16, log, progress):
+    """The evaluations a config asks for, of `model` (the unwrapped module) at the plan's window and micro-batch;
+    results go to the run's log, and a line of them to the progress messages."""
+
+    def __init__(
+        self,
+        *,
+        config: PretrainConfig,
+        model: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        shards: TokenShards,
+        plan: Plan,
+        world: World,
+        log: RunLog,
+        progress: Progress,
+    ):
         self.config, self.model, self.tokenizer, self.shards = config, model, tokenizer, shards
-        self.seq_len, self.micro_batch, self.world, self.bf16 = seq_len, micro_batch, world, bf16
+        self.seq_len, self.micro_batch, self.world = plan.seq_len, plan.micro_batch, world
         self.log, self.progress = log, progress
         # Read now, not at the first evaluation a thousand steps in.
         self.core_tasks = load_bundle(config.core_bundle) if config.core_bundle else None
@@ -41,10 +60,7 @@ class Evaluator:
         return bool(self.config.sample_steps) and (step % self.config.sample_steps == 0 or done)
 
     def evaluating(self) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(autocast(self.world, self.bf16))
-        stack.enter_context(torch.compiler.set_stance("force_eager"))
-        return stack
+        return evaluating(self.world, self.world.bf16)
 
     def maybe_run(self, step: int, tokens: int, done: bool) -> None:
         with self.evaluating():
@@ -91,3 +107,12 @@ class Evaluator:
             self.model, self.tokenizer, config.sample_prompts, config.sample_max_new_tokens, step, config.seed, synced
         )
         self.log.samples(records)
+
+
+def evaluating(world, bf16: bool) -> contextlib.ExitStack:
+    """How every evaluation runs: under the loop's autocast, eager even when the blocks are compiled (each
+    evaluation's shapes would recompile the decoder layer past torch's limit). The rehearsal runs them so too."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(world, bf16))
+    stack.enter_context(torch.compiler.set_stance("force_eager"))
+    return stack

@@ -32,13 +32,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 @dataclass
 class World:
-    """This process among the launch's processes."""
+    """This process among the launch's processes, and how it computes."""
 
     rank: int
     size: int
     local_rank: int
     device: torch.device
     fsdp: bool  # the launcher asked for FSDP (accelerate config distributed_type: FSDP)
+    bf16: bool = False  # bf16 mixed precision: autocast, or FSDP2's bf16 parameters (decided in start_world)
 
     @property
     def main(self) -> bool:
@@ -69,8 +70,9 @@ class World:
             dist.destroy_process_group()
 
 
-def start_world(timeout_minutes: float = 30) -> World:
-    """The process group of a torchrun / accelerate launch (NCCL on GPUs, gloo on CPUs), or a world of one."""
+def start_world(bf16: bool | None = None, timeout_minutes: float = 30) -> World:
+    """The process group of a torchrun / accelerate launch (NCCL on GPUs, gloo on CPUs), or a world of one.
+    `bf16` as a config gives it: None is on where the GPU supports it, never on a CPU."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -92,7 +94,9 @@ def start_world(timeout_minutes: float = 30) -> World:
         raise ScratchError(
             "the accelerate config's fsdp_offload_params: true is not supported by scratchlm; set it false"
         )
-    return World(rank, size, local_rank, device, fsdp)
+    if bf16 is None:
+        bf16 = cuda and torch.cuda.is_bf16_supported()
+    return World(rank, size, local_rank, device, fsdp, bf16)
 
 
 def fsdp_reshard_after_forward(recipe_value: bool | None) -> bool:
@@ -102,10 +106,13 @@ def fsdp_reshard_after_forward(recipe_value: bool | None) -> bool:
     return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
 
 
-def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
+def wrap_model(model: nn.Module, world: World, config, bf16: bool, mesh=None) -> nn.Module:
     """Checkpointing, compile and sharding applied in that order; returns the module to call for training.
-    Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it."""
-    model.to(world.device)
+    Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it. `mesh`: the
+    DeviceMesh to shard over (default: FSDP2's own over the process group; the rehearsal passes one built
+    outside its fake-tensor mode, where FSDP2's own cannot be built)."""
+    if next(model.parameters()).device != world.device:  # a fake model is on its device: it cannot move
+        model.to(world.device)
     if config.gradient_checkpointing:
         checkpoint_layers(model, config.gradient_checkpointing_policy)
     if config.torch_compile:
@@ -119,8 +126,8 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool) -> nn.Module:
         )
         reshard = fsdp_reshard_after_forward(config.reshard_after_forward)
         for layer in model.model.layers:
-            fully_shard(layer, mp_policy=policy, reshard_after_forward=reshard)
-        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         register_fsdp_forward_method(model, "generate")  # samples during training all-gather like forward
         return model
     if world.size > 1:

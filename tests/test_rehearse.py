@@ -1,0 +1,138 @@
+"""The rehearsal (train/rehearse.py): the loop's own step and evaluations on fake tensors over a fake process
+group, and the formula planner held to it."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from helpers import REPO
+from scratchlm.errors import ScratchError
+from scratchlm.train import rehearse as rehearsal
+from scratchlm.train.config import parse_pretrain_args
+from scratchlm.train.memory import GIB, setup_for_run
+from scratchlm.train.plan import gpu_profile, model_config_of, plan_run
+from scratchlm.train.step import Stepper
+
+# genesis-1b's CI rehearsal keeps 4 of its 32 decoder layers (the whole model takes 40-90 s on a CPU thread):
+# every other size is the recipe's (width, vocabulary, micro-batch 4 x 2048, accumulation, 2 FSDP2 ranks,
+# checkpointing, bf16, flex attention with document masking). benchmarks/rehearsal.py runs every recipe whole.
+CI_LAYERS = 4
+
+
+def recipe_run(name: str, num_gpus: int, **model_overrides):
+    config = parse_pretrain_args(["--config", str(REPO / "recipes" / name / "pretrain.yaml")])
+    model_config = model_config_of(config)
+    for key, value in model_overrides.items():
+        setattr(model_config, key, value)
+    plan, _ = plan_run(config, model_config, num_gpus)
+    return config, model_config, plan, setup_for_run(config, model_config, plan)
+
+
+@pytest.fixture(scope="module")
+def genesis():
+    config, model_config, plan, setup = recipe_run("genesis-1b", 2, num_hidden_layers=CI_LAYERS)
+    report = rehearsal.rehearse(config, model_config, plan, setup, gpu_profile("4090").memory_bytes)
+    return report, setup, model_config
+
+
+def test_the_planner_is_within_5_percent_of_the_rehearsal_in_total_and_per_family(genesis):
+    report, _, _ = genesis
+    differences = rehearsal.compare_with_planner(report)
+    assert set(differences) == {"total", "weights", "gradients", "optimizer", "activations", "loss"}
+    assert all(abs(d) <= 0.05 for d in differences.values()), differences
+
+
+def test_every_phase_is_rehearsed_and_training_holds_the_unsharded_fp32_gradients(genesis):
+    report, setup, model_config = genesis
+    assert [p.name for p in report.phases] == list(rehearsal.PHASES)
+    from scratchlm.train.memory import parameter_counts
+
+    params = parameter_counts(model_config).total
+    training = report.phases[0]
+    # accumulation 32 under FSDP2: the micro-batch without gradient sync leaves every parameter's fp32 gradient
+    # unsharded on each rank until the last one reduce-scatters.
+    assert training.families["gradients"] == pytest.approx(4 * params, rel=0.01)
+    assert training.families["optimizer"] == pytest.approx(8 * params / 2, rel=0.01)  # AdamW's moments, sharded
+    assert report.peak.name == "training" and all(p.peak > training.families["weights"] for p in report.phases)
+    assert report.checkpoint_host["checkpoint_per_rank"] == pytest.approx(12 * params / 2, rel=0.01)
+    assert report.checkpoint_host["export_rank0"] == 4 * params
+
+
+def test_the_rehearsal_runs_the_loops_micro_steps_without_then_with_gradient_sync(monkeypatch):
+    """The Stepper's own micro_step, called by its accumulate: one micro-batch without sync, one with."""
+    calls = []
+    original = Stepper.micro_step
+
+    def spy(self, batch, sync):
+        calls.append((sync, tuple(batch["input_ids"].shape), type(batch["input_ids"]).__name__))
+        return original(self, batch, sync)
+
+    monkeypatch.setattr(Stepper, "micro_step", spy)
+    config, model_config, plan, setup = recipe_run(
+        "genesis-1b", 2, num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=512,
+    )  # fmt: skip
+    report = rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
+    warm_up = [(True, (4, 2048), "FakeTensor")]  # the recipe compiles: dynamo traces before the tracker starts
+    assert calls == warm_up + [(False, (4, 2048), "FakeTensor"), (True, (4, 2048), "FakeTensor")]
+    assert report.phases[0].families["gradients"] > 0
+
+
+def test_a_phase_that_does_not_fit_is_named_with_settings_that_would(genesis):
+    from scratchlm.train.memory import settings_that_fit
+
+    report, setup, _ = genesis
+    need = {p.name: rehearsal.device_bytes(p.peak, report.world_size) for p in report.phases}
+    capacity = sorted(need.values())[-2] - 1  # the two phases that need the most do not fit
+    small = replace(report, capacity=capacity)
+    text = rehearsal.describe(small, setup, "RTX 4090", tokens_per_step=True).splitlines()
+    failing = sorted(name for name, bytes_ in need.items() if bytes_ > capacity)
+    assert len(failing) == 2
+    assert sorted(line.split()[1] for line in text if "does NOT fit" in line) == failing
+    advice = settings_that_fit(setup, capacity, headroom=0.1, tokens_per_step=True)
+    assert text[-1] == "same tokens per step that would fit (10% headroom): " + (
+        " or ".join(advice) or "no micro-batch fits"
+    )
+    assert rehearsal.describe(report, setup, "RTX 4090", tokens_per_step=True).endswith("every phase fits")
+
+
+def test_a_model_that_cannot_be_built_is_one_line():
+    config, model_config, plan, setup = recipe_run("genesis-1b", 2, num_hidden_layers=1)
+    model_config.intermediate_size = -5  # a typo in a model YAML: no layer of that width exists
+    with pytest.raises(ScratchError) as raised:
+        rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
+    assert str(raised.value).startswith("rehearse: the run's model cannot be built")
+
+
+def test_fake_mode_leaves_no_process_group_behind():
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_real_tensors_on_a_cpu_count_what_fake_tensors_count_and_measure_speed():
+    """The real-tensor mode with tiny shapes: the same phases give the same peaks as on fake tensors (the
+    rehearsal is the run, less the data), and a few of the loop's steps give tok/s."""
+    config, model_config, plan, setup = recipe_run(
+        "tiny", 1, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, vocab_size=1024,
+    )  # fmt: skip
+    setup = replace(setup, attention="sdpa")  # torch has no CPU backward for flex_attention
+    fake = rehearsal.rehearse(config, model_config, plan, setup, 12 * GIB)
+    real = rehearsal.rehearse_real(config, model_config, plan, setup, 12 * GIB, steps=2)
+    assert [p.name for p in real.phases] == list(rehearsal.PHASES)
+    peaks = {p.name: (p.peak, f.peak) for p, f in zip(real.phases, fake.phases, strict=True)}
+    for name in ("training", "validation", "sampling"):  # to the byte
+        assert peaks[name][0] == peaks[name][1], (name, peaks)
+    # Probes and CORE pass no attention mask: real tensors show transformers there is no padding (no mask,
+    # causal sdpa); fake ones cannot, so it builds a causal mask and CPU sdpa takes its math path (the
+    # scores materialised). The fake count is then the higher, never the lower.
+    for name in ("probes", "core"):
+        assert peaks[name][1] >= peaks[name][0], (name, peaks)
+    assert all(p.measured is None for p in real.phases)  # torch.cuda.max_memory_allocated exists on a GPU only
+    assert real.real["tok_per_s"] > 0 and real.real["steps"] == 2 and real.real["all_reduce"] is None
+    assert real.real["mfu"] is None  # no GPU, no peak FLOP/s
+    text = rehearsal.describe(real, setup, "CPU", tokens_per_step=False)
+    assert "tok/s" in text
