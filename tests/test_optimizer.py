@@ -115,6 +115,8 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest_at_nanochats_rates(bi
     assert group_of(optimizer, down)["lr"] == 0.02
     if bitnet:
         assert any("input_norm" in n for n in seen)
+    tied, tied_optimizer = muon_model(tie_word_embeddings=True)  # the tied matrix is the head: the head's lr
+    assert group_of(tied_optimizer, tied.model.embed_tokens.weight)["lr"] == pytest.approx(0.004 * width)
 
 
 def test_the_schedule_scales_every_group_and_warms_muons_momentum():

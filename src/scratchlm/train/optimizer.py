@@ -59,17 +59,18 @@ STATE_ELEMENTS = {"adamw": 2, "muon": 1}
 
 def parameter_kinds(model: torch.nn.Module) -> dict[str, str]:
     """Each trainable parameter's name (a tied head listed once) -> its kind: "matrix" (a hidden 2-D
-    weight: Muon's), "embedding", "head", or "scalar" (norms, biases, BitNet's input norms)."""
+    weight: Muon's), "embedding", "head" (a tied embedding too), or "scalar" (norms, biases, BitNet's
+    input norms)."""
     embedding = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
     kinds = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param is embedding:
-            kinds[name] = "embedding"
-        elif param is head:
+        if param is head:  # a tied embedding is the head too: every row moves at every step, so the head's lr
             kinds[name] = "head"
+        elif param is embedding:
+            kinds[name] = "embedding"
         elif param.ndim >= 2:
             kinds[name] = "matrix"
         else:
