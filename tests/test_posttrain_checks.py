@@ -171,6 +171,48 @@ def test_a_bad_row_is_named_by_file_row_and_field(tmp_path, capsys, small_model_
     assert not (tmp_path / stage).exists()  # TRL never started
 
 
+@pytest.mark.parametrize("case", ["eval_split", "streamed"])
+def test_eval_splits_and_streamed_rows_are_checked_too(tmp_path, capsys, small_model_dir, default_dir, case):
+    """The rows TRL evaluates on go through its trainer beside the training rows; a streamed dataset, which
+    TRL prepares only as it reads it, is read through."""
+    rows = [json.loads(line) for line in (default_dir / "chat" / "train.jsonl").read_text().splitlines()[:12]]
+    data = tmp_path / "data"
+    data.mkdir()
+    spoilt = "test" if case == "eval_split" else "train"
+    for split in ("train", "test"):
+        written = spoil(rows, "misspelled_role") if split == spoilt else rows
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in written))
+    values = yaml.safe_load((REPO / "recipes" / "tiny" / "sft.yaml").read_text())
+    del values["datasets"]
+    values.update(model_name_or_path=str(small_model_dir), output_dir=str(tmp_path / "sft"), dataset_name=str(data))
+    values.update({"eval_strategy": "steps", "eval_steps": 1} if case == "eval_split" else {"dataset_streaming": True})
+    values["max_steps"] = 3  # a stream has no length to count epochs in
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump(values))
+    error = refusal(capsys, ["sft", "--config", str(config)])
+    assert f"error: dataset {data} split {spoilt}, row 5 (from 0), field 'messages' (2 messages: user, asist" in error
+    assert "TRL's sft preparation fails on it: RuntimeError: You're using `assistant_only_loss=True`" in error
+    assert not (tmp_path / "sft").exists()  # TRL never started
+
+
+def test_the_probes_run_on_the_cpu_and_write_nothing_of_the_runs(tmp_path, monkeypatch, small_model_dir, default_dir):
+    """The trainers that probe the rows are built in this process, which `accelerate launch` did not start:
+    beside several GPUs (faked here) they would be nn.DataParallel, which DPOTrainer refuses, and hold GPU
+    memory while TRL trains. They write into a scratch directory and start no tracker."""
+    import torch
+
+    from scratchlm.posttrain import probe_arguments
+
+    data = default_dir / "preference" / "train.jsonl"
+    config = tiny_recipe(tmp_path, "dpo", small_model_dir, data, report_to="wandb", push_to_hub=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    args = probe_arguments("dpo", ["--config", str(config), "--num_processes", "1"], str(tmp_path / "scratch"))
+    assert args.device.type == "cpu" and args.n_gpu == 0 and not args.bf16 and not args.fp16
+    assert args.output_dir == str(tmp_path / "scratch") and args.report_to == [] and not args.push_to_hub
+    assert not args.precompute_ref_log_probs and args.max_length == 256  # the rest as the recipe says
+
+
 def test_the_recipes_hub_layouts_trl_cannot_train_are_refused(tmp_path, capsys, small_model_dir, hub):
     # H4's copy of UltraFeedback: a string prompt beside conversations.
     config = gpu_recipe(tmp_path, "dpo", small_model_dir)

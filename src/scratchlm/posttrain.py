@@ -9,29 +9,42 @@ cannot:
   them (trl.scripts.<stage>.make_parser), so they judge what TRL will run: `--key=value` and
   `--flag false` mean what they mean to TRL. Then: an exported model with a chat template; accelerate's
   mixed precision not overriding the recipe's bf16/fp16; wandb without a key logging offline, as
-  pretraining does; and TRL's own dataset preparation tried on the first CHECK_ROWS rows of what it will
-  train on, so a dataset TRL would refuse is refused here, naming the dataset, the row and the field.
+  pretraining does; and TRL's own trainer built on the first CHECK_ROWS rows of what it will train on,
+  so a dataset TRL would refuse is refused here, naming the dataset, the row and the field.
 - Resuming: the same command after a kill continues from the newest complete checkpoint-N in
   output_dir (it adds `--resume_from_checkpoint` to the user's arguments and says so), as pretraining
   does; a command that names a checkpoint itself keeps it.
 - Afterwards, the layout every stage shares: metrics.jsonl (from TRL's log history), samples.jsonl
   (replies of every saved checkpoint), plan.json and export/.
+
+Why the data check builds TRL's trainer itself (SFTTrainer/DPOTrainer, through their public constructor)
+rather than calling the private method that prepares the data: every decision the constructor makes
+before it prepares the rows (the format read from the first row, the training chat template, packing,
+completion-only loss, the eval split, what it refuses outright) is then TRL's, in whatever TRL version is
+installed, not a copy of it here that a minor release could leave behind. What a probe leaves out is
+what preparing rows never reads: the model's weights (a one-layer stand-in, milliseconds instead of
+seconds and gigabytes), the GPU, and the output, the tracker and the Hub repository the run itself
+writes to (probe_arguments). The parser (trl.scripts.<stage>.make_parser) and the accelerate keys
+(trl.cli.accelerate_config) are what the `trl` command itself uses; the tests run every check through
+them, so a TRL release that moves them fails there, loudly.
 """
 
 import contextlib
 import copy
+import functools
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import datasets
@@ -46,12 +59,12 @@ from .tokenization import check_tokenizer_fits, load_tokenizer
 from .train.hardware import describe_hardware
 from .train.monitor import wandb_has_key
 
-CHECK_ROWS = 256  # rows of each dataset that TRL's preparation is tried on before it starts
+CHECK_ROWS = 256  # rows of each dataset that TRL's trainer is built on before TRL starts
 SAMPLE_PROMPTS = 3
 HELP = """scratchlm {stage} --config RECIPE.yaml [--key value | --key=value ...]
 
 Runs `trl {stage}` with the same arguments, after checking them (the model, the chat template, accelerate's
-mixed precision, wandb, TRL's preparation of the first {rows} rows of each dataset); re-running the same
+mixed precision, wandb, TRL's trainer built on the first {rows} rows of each dataset); re-running the same
 command resumes from the newest complete checkpoint-N in output_dir. Afterwards it writes metrics.jsonl,
 samples.jsonl, plan.json and export/ into output_dir. The keys, in the YAML or as flags, are TRL's:
 """
@@ -67,6 +80,7 @@ class Recipe:
     model: Any  # ModelConfig
     mixture: Any  # DatasetMixtureConfig: the `datasets:` entries
     launch: list[str]  # accelerate launch's own arguments (recipe keys no TRL dataclass knows)
+    argv: list[str]  # as given: the data check parses it again, with its own overrides after it
 
 
 def run_stage(stage: str, argv: list[str]) -> Path | None:
@@ -118,7 +132,7 @@ def parse_recipe(stage: str, parser, argv: list[str]) -> Recipe:
         raise ScratchError(f"{where}: {err.strerror}: {err.filename}") from None
     except (ValueError, TypeError, IndexError) as err:  # also yaml.YAMLError, a ValueError
         raise ScratchError(f"{where}: {one_line(err)}") from None
-    recipe = Recipe(where, *parsed, launch)
+    recipe = Recipe(where, *parsed, launch, list(argv))
     check_launch_arguments(stage, parser, recipe)
     return recipe
 
@@ -224,7 +238,7 @@ def check_model(stage: str, recipe: Recipe):
     return model_dir, tokenizer
 
 
-# --- checks: the data, through TRL's own preparation -----------------------------------------------------
+# --- checks: the data, through TRL's own trainer ------------------------------------------------------
 
 
 @dataclass
@@ -237,20 +251,46 @@ class Sample:
 
 
 def check_datasets(stage: str, recipe: Recipe, tokenizer) -> list[dict]:
-    """TRL's preparation of the first rows of what it will train (and evaluate) on: what it would refuse
+    """TRL's trainer built on the first rows of what it will train (and evaluate) on: what it would refuse
     minutes in, after loading the model, is refused now. Returns the first training rows."""
-    groups = dataset_groups(recipe)
-    for purpose, group in groups:
-        try:
-            rows = datasets.concatenate_datasets(
-                [datasets.Dataset.from_list(s.rows, features=s.features) for s in group]
-            )
-        except ValueError as err:
-            names = ", ".join(s.description for s in group)
-            raise ScratchError(f"the datasets {names} cannot be mixed (as TRL mixes them): {one_line(err)}") from None
-        check_preparation(stage, recipe, tokenizer, purpose, rows, group)
+    groups, evaluates = dataset_groups(recipe), recipe.training.eval_strategy != "no"
+    with tempfile.TemporaryDirectory() as scratch:
+        args = probe_arguments(stage, recipe.argv, scratch)
+        for purpose, group in groups:
+            try:
+                rows = datasets.concatenate_datasets(
+                    [datasets.Dataset.from_list(s.rows, features=s.features) for s in group]
+                )
+            except ValueError as err:
+                names = ", ".join(s.description for s in group)
+                raise ScratchError(
+                    f"the datasets {names} cannot be mixed (as TRL mixes them): {one_line(err)}"
+                ) from None
+            probe = functools.partial(build_trainer, stage, recipe, args, tokenizer)
+            if purpose == "train":  # the same rows evaluated on, if the run evaluates: the trainer wants both
+                train, build = rows, functools.partial(probe, same_eval=evaluates)
+            else:  # beside the first training row, which passed (the trainer reads the format from it)
+                build = functools.partial(probe, train=train.select([0]))
+            check_preparation(stage, rows, group, build)
     _, first_group = groups[0]
     return first_group[0].rows
+
+
+def probe_arguments(stage: str, argv: list[str], output_dir: str):
+    """The training arguments `trl <stage> ARGV` parses, for probes in this process: on the CPU (this process
+    is not started by `accelerate launch`: on several GPUs it would be nn.DataParallel, which DPOTrainer
+    refuses, and on one it would hold memory while TRL trains), hence in float32; writing into a scratch
+    output_dir; no tracker or Hub repository; nothing the data does not need."""
+    probe = ["--output_dir", output_dir, "--use_cpu", "true", "--bf16", "false", "--fp16", "false"]
+    probe += ["--report_to", "none", "--push_to_hub", "false"]
+    if stage == "dpo":
+        probe += ["--precompute_ref_log_probs", "false"]  # the stand-in's log-probabilities mean nothing
+    parsed = trl_parser(stage).parse_args_and_config(
+        [*argv, *probe], return_remaining_strings=True, separate_remaining_strings=True
+    )
+    args = parsed[1]
+    args.dataset_num_proc = None  # a few hundred rows: worker processes would cost more than they save
+    return args
 
 
 def dataset_groups(recipe: Recipe) -> list[tuple[str, list[Sample]]]:
@@ -298,17 +338,17 @@ def open_sample(path, name, data_dir, data_files, split, columns, entry: bool = 
     return Sample(f"dataset {description}", first, rows.features)
 
 
-def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset, group: list[Sample]) -> None:
-    """TRL's preparation of ROWS; if it fails, the first row it fails on, and the field, in one line."""
+def check_preparation(stage: str, rows: datasets.Dataset, group: list[Sample], build) -> None:
+    """BUILD (TRL's trainer) on ROWS; if it fails, the first row it fails on, and the field, in one line."""
 
     def failure(subset: datasets.Dataset) -> Exception | None:
         try:
-            prepare_as_trl(stage, recipe, tokenizer, purpose, subset)
-        except Exception as err:  # whatever TRL's preparation raises is what `trl` would stop with
+            build(subset)
+        except Exception as err:  # whatever TRL's trainer raises is what `trl` would stop with
             return err
         return None
 
-    with _no_progress_bars():
+    with _quiet():
         if failure(rows) is None:
             return
         index, error = first_failing_row(rows, failure)
@@ -329,8 +369,8 @@ def check_preparation(stage, recipe, tokenizer, purpose, rows: datasets.Dataset,
     hint = ""
     if donor is None:
         hint = (
-            f"; the next rows fail alone too, so this layout is not one `trl {stage}` takes (a `datasets:` entry with "
-            "`columns:` keeps only the columns TRL should read)"
+            f"; the next rows fail alone too, so this layout (or the recipe's arguments) is not one `trl {stage}` "
+            "takes (a `datasets:` entry with `columns:` keeps only the columns TRL should read)"
         )
     raise ScratchError(
         f"{sample.description}, row {offset} (from 0): TRL's {stage} preparation fails on it: {reason} "
@@ -357,43 +397,38 @@ def passing_row(rows: datasets.Dataset, index: int, failure) -> dict | None:
     return None if good is None else rows[good]
 
 
-def prepare_as_trl(stage: str, recipe: Recipe, tokenizer, purpose: str, rows: datasets.Dataset) -> None:
-    """The trainer's own _prepare_dataset on ROWS, with the decisions its __init__ makes before calling it
-    (trl/trainer/{sft,dpo}_trainer.py); no model is needed for it."""
+def build_trainer(stage: str, recipe: Recipe, args, tokenizer, rows: datasets.Dataset, train=None, same_eval=False):
+    """TRL's trainer for STAGE, built as `trl <stage>` builds it (trl/scripts/<stage>.py) but on a stand-in
+    model and a few rows: ROWS to train on (and to evaluate on, with SAME_EVAL), or to evaluate on beside
+    TRAIN. A streamed dataset is then read through: TRL prepares it as it reads it."""
     from trl import DPOTrainer, SFTTrainer
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-    from trl.data_utils import is_conversational
 
-    training = copy.copy(recipe.training)
-    training.dataset_num_proc = None  # a few hundred rows: worker processes would cost more than they save
     streaming = recipe.mixture.streaming if recipe.mixture.datasets else recipe.script.dataset_streaming
-    dataset = rows.to_iterable_dataset() if streaming else rows
-    first = next(iter(dataset))
-    if "image" in first or "images" in first:  # vision data is prepared on the fly, not up front
-        return
-    if stage == "dpo":
-        prepared = DPOTrainer._prepare_dataset(
-            SimpleNamespace(_tokenizer=tokenizer), dataset, tokenizer, training, purpose
-        )
-    else:
-        if training.assistant_only_loss and not is_conversational(first):
-            raise ValueError(
-                "You set `assistant_only_loss=True`, but the dataset is not conversational. This option is only "
-                "supported for conversational datasets."
-            )
-        chat_template = None
-        if training.assistant_only_loss and not has_generation_markers(tokenizer.chat_template):
-            chat_template = get_training_chat_template(tokenizer)
-        completion_only_loss = training.completion_only_loss
-        if completion_only_loss is None:
-            completion_only_loss = "prompt" in first and "completion" in first
-        trainer = SimpleNamespace(
-            _tokenizer=tokenizer, chat_template=chat_template, completion_only_loss=completion_only_loss
-        )
-        packing = training.packing if purpose == "train" or training.eval_packing is None else training.eval_packing
-        prepared = SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, training, packing, None, purpose)
-    for _ in prepared:  # a streamed dataset is prepared as it is read
-        pass
+    splits = [train, rows] if train is not None else [rows, rows] if same_eval else [rows]
+    opened = [split.to_iterable_dataset() if streaming else split for split in splits]
+    reference = {"ref_model": stand_in(tokenizer)} if stage == "dpo" else {}
+    trainer = (DPOTrainer if stage == "dpo" else SFTTrainer)(
+        model=stand_in(tokenizer),
+        args=args,
+        train_dataset=opened[0],
+        eval_dataset=opened[1] if len(opened) > 1 else None,
+        processing_class=copy.deepcopy(tokenizer),  # the trainer sets its pad and eos tokens
+        **reference,
+    )
+    for prepared in (trainer.train_dataset, trainer.eval_dataset):
+        if isinstance(prepared, datasets.IterableDataset):
+            for _ in prepared:
+                pass
+
+
+def stand_in(tokenizer):
+    """A one-layer Llama over the tokenizer's vocabulary: the trainers prepare data from the tokenizer and the
+    arguments alone and never read the model's weights, so the real model (seconds to load, gigabytes, twice
+    for DPO's reference) is not loaded for a probe that costs milliseconds with this."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    width = {"hidden_size": 8, "intermediate_size": 8, "num_attention_heads": 1, "num_key_value_heads": 1}
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), num_hidden_layers=1, **width))
 
 
 def failing_field(rows: datasets.Dataset, index: int, donor: dict, failure) -> str | None:
@@ -420,13 +455,20 @@ def describe(value) -> str:
 
 
 @contextlib.contextmanager
-def _no_progress_bars():
-    """Quiet, for a few hundred rows prepared a few times over."""
+def _quiet():
+    """Probes without progress bars or warnings: a few hundred rows, built a few times over, and whatever
+    TRL has to say about them it says again when it runs."""
     shown = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    loggers = [logging.getLogger(name) for name in ("trl", "transformers", "accelerate")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
         if shown:
             datasets.enable_progress_bars()
 
