@@ -136,3 +136,36 @@ def test_real_tensors_on_a_cpu_count_what_fake_tensors_count_and_measure_speed()
     assert real.real["mfu"] is None  # no GPU, no peak FLOP/s
     text = rehearsal.describe(real, setup, "CPU", tokens_per_step=False)
     assert "tok/s" in text
+
+
+def test_plan_rehearse_runs_every_phase_of_the_tiny_recipe(capsys):
+    """The command users run, on the smallest shipped recipe at full scale, as JSON."""
+    import json
+
+    from scratchlm.cli import main
+
+    recipe = str(REPO / "recipes" / "tiny" / "pretrain.yaml")
+    assert main(["plan", "--recipe", recipe, "--gpu", "3060", "--rehearse", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    plan, rehearsed = json.loads(lines[0]), json.loads(lines[-1])["rehearsal"]
+    assert [p["name"] for p in rehearsed["phases"]] == list(rehearsal.PHASES) and rehearsed["fits"]
+    assert rehearsed["estimate"]["allocated_peak"] == plan["memory"]["allocated_peak"]
+    assert all(p["peak"] > 0 for p in rehearsed["phases"]) and rehearsed["world_size"] == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "says"),
+    [
+        (["--recipe", "recipes/genesis-1b/midtrain.yaml", "--gpu", "4090", "--num-gpus", "2"], "has no config.json"),
+        (["--recipe", "recipes/genesis-1b/pretrain.yaml", "--gpu", "4091"], "unknown GPU '4091'; known: 3060,"),
+        (["--recipe", "recipes/genesis-1b/pretrain.yaml", "--gpu", "4090", "--num-gpus", "3"], "is not a multiple of"),
+        (["--preset", "tiny", "--gpu", "4090", "--steps", "10"], "--rehearse rehearses a recipe's run"),
+    ],
+)
+def test_plan_rehearse_refuses_bad_input_in_one_line(arguments, says, capsys, monkeypatch):
+    from scratchlm.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["plan", *arguments, "--rehearse"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err

@@ -134,6 +134,17 @@ def flex_on_fake_cpu():
          masking.create_block_mask) = saved  # fmt: skip
 
 
+@contextlib.contextmanager
+def quiet():
+    """torch's warnings about what the rehearsal does on purpose: trackers' module hooks around compiled blocks."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The module hierarchy tracking maybe be messed up")
+        warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
+        yield
+
+
 def tracker_for(model, optimizer, sharded: bool):
     """torch's tracker for one phase, told to accept flex_attention's operator and to track inside
     compiled regions (else dynamo runs them eagerly under it)."""
@@ -326,7 +337,7 @@ def rehearse(config, model_config, plan, setup: TrainingSetup, capacity: int) ->
 
     started = time.monotonic()
     config = rehearsal_config(config)
-    with fake_world(plan.world_size) as (world, mesh), flex_on_fake_cpu(), FakeTensorMode():
+    with fake_world(plan.world_size) as (world, mesh), flex_on_fake_cpu(), FakeTensorMode(), quiet():
         stepper, model = build_step(config, model_config, plan, world, mesh, setup.bf16, setup.attention)
         phases = run_phases(stepper, model, config, plan, setup.bf16)
         host = checkpoint_host_bytes(model, stepper.optimizer, world)
@@ -454,12 +465,12 @@ def rehearsal_config(config):
 def partitioned_backend() -> str:
     """A dynamo backend, registered once under its name: AOTAutograd's forward and backward graphs as
     inductor's min-cut partitioner splits them, each run as traced."""
-    from functorch.compile import min_cut_rematerialization_partition
+    from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
     from torch._dynamo import register_backend
     from torch._dynamo.backends.common import aot_autograd
 
     def run_as_traced(graph, example_inputs):
-        return graph
+        return make_boxed_func(graph)
 
     backend = aot_autograd(fw_compiler=run_as_traced, bw_compiler=run_as_traced,
                            partition_fn=min_cut_rematerialization_partition)  # fmt: skip
@@ -563,3 +574,24 @@ def rehearse_recipe(recipe: str, gpu: str, num_gpus: int) -> tuple[RehearsalRepo
     plan, _ = plan_run(config, model_config, num_gpus)
     setup = setup_for_run(config, model_config, plan)
     return rehearse(config, model_config, plan, setup, profile.memory_bytes), setup
+
+
+def run_rehearsal(config, model_config, plan, setup: TrainingSetup, gpu, as_json: bool) -> int:
+    """`scratchlm plan --recipe R --gpu G --num-gpus N --rehearse`: on a machine with CUDA the phases run with
+    real tensors (in this launch's processes), elsewhere on fake ones. Exit status 1 when a phase does not fit."""
+    import json
+
+    if torch.cuda.is_available():
+        report = rehearse_real(config, model_config, plan, setup, gpu.memory_bytes)
+    else:
+        report = rehearse(config, model_config, plan, setup, gpu.memory_bytes)
+    fits = all(device_bytes(p.peak, report.world_size) <= report.capacity for p in report.phases)
+    if as_json:
+        print(
+            json.dumps(
+                {"rehearsal": {**report.as_dict(), "fits": fits, "planner_vs_rehearsal": compare_with_planner(report)}}
+            )
+        )
+    else:
+        print(describe(report, setup, gpu.name, tokens_per_step=bool(config.tokens_per_step)))
+    return 0 if fits else 1
