@@ -73,7 +73,7 @@ def main() -> None:
         "seq_len": t.plan.seq_len,
         "position_ids": first_batch["position_ids"],  # the loop's document layout: the same attention work
         "loss_fn": inspect.unwrap(t.stepper.loss_fn),  # the loop's, uncompiled (the bare reference compiles it)
-        "bf16": t.stepper.bf16,
+        "bf16": t.world.bf16,
         "checkpointing": t.config.gradient_checkpointing and t.config.gradient_checkpointing_policy,
         "max_grad_norm": t.config.max_grad_norm,
         "device": t.world.device,
@@ -150,7 +150,7 @@ def loop_figures(t, warmup_steps: int) -> dict:
         "loss_fn": inspect.unwrap(t.stepper.loss_fn).__name__,
         "compile": t.config.torch_compile,
         "gradient_checkpointing": t.config.gradient_checkpointing,
-        "bf16": t.stepper.bf16,
+        "bf16": t.world.bf16,
         "fsdp": t.world.fsdp,
         "device": str(t.world.device),
     }
@@ -176,7 +176,7 @@ def memory_estimate(t, measured_gib: float) -> dict:
     lm = inspect.unwrap(t.stepper.loss_fn).__name__ == "lm_loss"
     loss = ("liger" if liger_loss(t.world.device) else "chunked") if lm else "plain"
     run_setup = setup_for_run(
-        t.config, t.model_config, t.plan, bf16=t.stepper.bf16, sharded=t.world.fsdp, loss=loss,
+        t.config, t.model_config, t.plan, bf16=t.world.bf16, sharded=t.world.fsdp, loss=loss,
         attention=t.model_config._attn_implementation,
     )  # fmt: skip
     estimate = estimate_memory(run_setup)

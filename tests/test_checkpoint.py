@@ -13,9 +13,11 @@ from scratchlm.errors import ScratchError
 from scratchlm.model import ScratchForCausalLM
 from scratchlm.run_dir import RunDir, checkpoint_step
 from scratchlm.tokenization import load_tokenizer
-from scratchlm.train.checkpoint import Checkpointer, prune_checkpoints, resume_point
+from scratchlm.train.checkpoint import Checkpointer, prune_checkpoints, restore, resume_point
 from scratchlm.train.config import PretrainConfig
 from scratchlm.train.parallel import World
+from scratchlm.train.plan import plan_run
+from scratchlm.train.schedule import Schedule
 from scratchlm.train.state import TrainState
 
 WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False)
@@ -41,8 +43,10 @@ def make(tmp_path, tokenizer_dir, **keys):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     state, counter = TrainState(total_steps=100), Counter()
     checkpointer = Checkpointer(
-        RunDir(config.output_dir), config, WORLD, model, optimizer, model.config, load_tokenizer(tokenizer_dir),
-        states={"train_state": state, "counter": counter}, record={"plan": {"tokens_per_step": 64}},
+        run=RunDir(config.output_dir), config=config, world=WORLD, model=model, optimizer=optimizer,
+        model_config=model.config, tokenizer=load_tokenizer(tokenizer_dir),
+        states={"train_state": state, "counter": counter}, plan=plan_run(config, model.config, WORLD.size)[0],
+        schedule=Schedule.from_config(config, 100),
     )  # fmt: skip
     return checkpointer, model, optimizer, state, counter
 
@@ -63,13 +67,16 @@ def reason(checkpointer, step) -> str:
 
 
 def test_when_it_saves_and_what_pruning_keeps(tmp_path, tokenizer_dir):
-    checkpointer, *_ = make(tmp_path, tokenizer_dir, save_steps=4, save_total_limit=2, milestones=[3])
-    checkpointer.forced.add(6)  # a schedule's boundary (two_stage)
+    checkpointer, *_ = make(
+        tmp_path, tokenizer_dir, save_steps=4, save_total_limit=2, milestones=[3],
+        lr_scheduler_type="two_stage", stage_boundary=7, stage1_final_lr=1e-4,
+    )  # fmt: skip
+    assert checkpointer.forced == {3, 6, 7}  # the milestone, the two sides of the schedule's boundary
     for step in range(1, 11):
         checkpointer.maybe_save(step, done=step == 10, stopping=step == 9)
-    # interval 4 and 8; milestone 3; forced 6; stop 9; end 10 -> the newest two, plus milestone and forced steps
-    assert saved_steps(checkpointer) == [3, 6, 9, 10]
-    assert [reason(checkpointer, s) for s in (3, 6, 9, 10)] == ["forced", "forced", "stop", "end"]
+    # interval 4 and 8; milestone 3; forced 6, 7; stop 9; end 10 -> the newest two, plus milestone and forced steps
+    assert saved_steps(checkpointer) == [3, 6, 7, 9, 10]
+    assert [reason(checkpointer, s) for s in (3, 6, 7, 9, 10)] == ["forced", "forced", "forced", "stop", "end"]
     assert not list(checkpointer.run.checkpoints.glob("*.deleting")) and not list(
         checkpointer.run.checkpoints.glob("*.tmp")
     )
@@ -104,8 +111,9 @@ def test_a_resume_restores_weights_moments_and_every_component(tmp_path, tokeniz
     torch.nn.init.zeros_(model2.model.embed_tokens.weight)
     train_a_little(model2, optimizer2)  # other weights, other moments
     path = resume_point(fresh.run, WORLD)
-    saved = fresh.load(path)
-    assert path == fresh.run.checkpoint(7) and saved["plan"] == {"tokens_per_step": 64}
+    saved = restore(path, model2, optimizer2, fresh.states)
+    assert path == fresh.run.checkpoint(7) and saved["plan"] == fresh.record["plan"]
+    assert saved["plan"]["tokens_per_step"] == 512 * 8 and saved["schedule"]["total_steps"] == 100
     assert (state2.step, state2.tokens, counter2.value) == (7, 448, 42)
     for name, tensor in model2.state_dict().items():
         torch.testing.assert_close(tensor, weights[name], rtol=0, atol=0)

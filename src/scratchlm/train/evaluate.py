@@ -26,12 +26,11 @@ from ..eval.probes import probe_accuracy
 from .config import PretrainConfig
 from .monitor import Progress, RunLog, generate_samples
 from .parallel import World, autocast
-from .plan import Plan
 
 
 class Evaluator:
-    """The evaluations a config asks for, of `model` (the unwrapped module) at the plan's window and micro-batch;
-    results go to the run's log, and a line of them to the progress messages."""
+    """The evaluations a config asks for, of `model` (the unwrapped module) in windows of `seq_len` tokens,
+    `micro_batch` at a time (the run's plan); results go to the run's log, a line of them to the progress messages."""
 
     def __init__(
         self,
@@ -40,13 +39,14 @@ class Evaluator:
         model: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
         shards: TokenShards,
-        plan: Plan,
+        seq_len: int,
+        micro_batch: int,
         world: World,
         log: RunLog,
         progress: Progress,
     ):
         self.config, self.model, self.tokenizer, self.shards = config, model, tokenizer, shards
-        self.seq_len, self.micro_batch, self.world = plan.seq_len, plan.micro_batch, world
+        self.seq_len, self.micro_batch, self.world = seq_len, micro_batch, world
         self.log, self.progress = log, progress
         # Read now, not at the first evaluation a thousand steps in.
         self.core_tasks = load_bundle(config.core_bundle) if config.core_bundle else None

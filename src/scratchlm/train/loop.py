@@ -42,7 +42,7 @@ from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
-from .plan import Plan, model_config_of, plan_run
+from .plan import Plan, model_config_of, peak_flops_of, plan_run
 from .schedule import Schedule
 from .state import TrainState
 from .step import Stepper
@@ -237,8 +237,9 @@ def setup(config: PretrainConfig) -> Training:
         tokenizer=tokenizer, states=states, plan=plan, schedule=schedule,
         uploader=start_uploads(config, world, resume_from, progress),
     )  # fmt: skip
-    evaluator = Evaluator(config=config, model=unwrapped(model), tokenizer=tokenizer, shards=shards, plan=plan,
-                          world=world, log=log, progress=progress)  # fmt: skip
+    evaluator = Evaluator(config=config, model=unwrapped(model), tokenizer=tokenizer, shards=shards,
+                          seq_len=plan.seq_len, micro_batch=plan.micro_batch, world=world, log=log,
+                          progress=progress)  # fmt: skip
     if resume_from is not None:
         evaluator.catch_up(state.step, state.tokens, state.done, run.metrics() + run.samples() if world.main else [])
     return Training(
@@ -246,9 +247,16 @@ def setup(config: PretrainConfig) -> Training:
         optimizer=optimizer, loader=loader, plan=plan, schedule=schedule, state=state, checkpointer=checkpointer,
         stepper=Stepper(model=model, optimizer=optimizer, loader=loader, accumulation=plan.accumulation, world=world,
                         bf16=world.bf16, config=config),
-        evaluator=evaluator, meter=Meter(plan=plan, world=world, peak_tflops=config.peak_tflops), log=log,
-        progress=progress,
+        evaluator=evaluator, log=log, progress=progress,
+        meter=Meter(tokens_per_step=plan.tokens_per_step, flops_per_token=plan.flops_per_token, world=world,
+                    peak_flops=peak_flops(config, world)),
     )  # fmt: skip
+
+
+def peak_flops(config: PretrainConfig, world: World) -> float:
+    """One GPU's dense bf16 peak, for MFU: the config's, else its name's (train/plan.py); 0 on a CPU."""
+    on_gpu = world.device.type == "cuda"
+    return config.peak_tflops * 1e12 or (peak_flops_of(torch.cuda.get_device_name()) if on_gpu else 0)
 
 
 def resume(config: PretrainConfig, world: World, path: Path, model, optimizer, states: dict, plan: Plan) -> None:

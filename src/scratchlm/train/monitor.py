@@ -8,23 +8,29 @@ import os
 import resource
 import secrets
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..progress import Bar
 from ..run_dir import RunDir
+from .config import PretrainConfig
+from .parallel import World
 
 
 class RunLog:
-    def __init__(self, run: RunDir, enabled: bool, config: dict, report_to: str, project: str, name: str):
+    """metrics.jsonl and samples.jsonl of the run, and wandb when the config reports to it; written only where
+    `enabled` (rank 0)."""
+
+    def __init__(self, *, run: RunDir, config: PretrainConfig, enabled: bool):
         self.enabled = enabled
         self.run = run
         self.wandb = None
         if enabled:
             run.path.mkdir(parents=True, exist_ok=True)
-            if report_to == "wandb":
-                self.wandb = _start_wandb(run.path, config, project, name)
+            if config.report_to == "wandb":
+                self.wandb = _start_wandb(run.path, asdict(config), config.wandb_project, config.run_name)
 
     def metrics(self, record: dict) -> None:
         if self.enabled:
@@ -46,8 +52,10 @@ class Meter:
     """Throughput and the data ledger over the steps since the last record, and the record itself: the one
     place that decides what a training line of metrics.jsonl holds."""
 
-    def __init__(self, plan, peak_flops: float, world_size: int, device: torch.device):
-        self.plan, self.peak, self.world_size, self.device = plan, peak_flops, world_size, device
+    def __init__(self, *, tokens_per_step: int, flops_per_token: int, world: World, peak_flops: float):
+        """The plan's tokens per step and FLOPs per token; `peak_flops` of one GPU (0: unknown, no MFU)."""
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.world, self.peak = world, peak_flops
         self._reset()
 
     def _reset(self) -> None:
@@ -60,7 +68,7 @@ class Meter:
 
     def record(self, state, result, lr: float, weight_decay: float, phase: str, epochs: dict, extra: dict) -> dict:
         seconds = time.perf_counter() - self.start
-        tok_per_s = self.steps * self.plan.tokens_per_step / seconds
+        tok_per_s = self.steps * self.tokens_per_step / seconds
         record = {
             "step": state.step,
             "tokens": state.tokens,
@@ -69,8 +77,8 @@ class Meter:
             "weight_decay": weight_decay,
             "grad_norm": result.grad_norm,
             "tok_per_s": tok_per_s,
-            "mfu": tok_per_s * self.plan.flops_per_token / (self.peak * self.world_size) if self.peak else None,
-            **memory_stats(self.device),
+            "mfu": tok_per_s * self.flops_per_token / (self.peak * self.world.size) if self.peak else None,
+            **memory_stats(self.world.device),
             "elapsed_s": state.elapsed_s,
             "cost_usd": state.cost_usd,
             "schedule_phase": phase,
