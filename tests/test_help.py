@@ -64,4 +64,6 @@ def test_a_model_with_far_more_rows_than_tokens_is_remarked_on(tmp_path, shards_
     (tmp_path / "model.yaml").write_text(yaml.safe_dump({**model, "vocab_size": 1088}))  # padded: no remark
     assert pretrain(monkeypatch, "--config", str(config), "--output_dir", str(tmp_path / "padded")) == 0
     out = capsys.readouterr().out
-    assert "vocab 1088" in out and "warning" not in out
+    assert "vocab 1088" in out and "vocabulary rows" not in out
+    # and a horizon that ends inside the warmup (the test runs' 2 warmup steps) is said at start-up too
+    assert "warning: the run's 1 steps end inside its 2 warmup steps: the learning rate never reaches" in out

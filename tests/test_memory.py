@@ -238,15 +238,15 @@ def test_a_recipe_with_an_impossible_micro_batch_is_reported_with_advice(tmp_pat
     recipe.update(per_device_train_batch_size=64, gradient_accumulation_steps=1)  # the same 131,072 tokens
     path = tmp_path / "pretrain.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    assert main(["plan", "--recipe", str(path), "--gpu", "a100"]) == 0
+    assert main(["plan", "--recipe", str(path), "--gpu", "a100"]) == 1  # as given it does not fit: a script sees it
     out = capsys.readouterr().out
-    assert "(64 x 2048 x 1 accumulation x 1 GPUs)" in out and "does NOT fit" in out
-    micro, accumulation = re.search(
-        r"per_device_train_batch_size (\d+), gradient_accumulation_steps (\d+)", out
-    ).groups()
-    recipe.update(per_device_train_batch_size=int(micro), gradient_accumulation_steps=int(accumulation))
-    path.write_text(yaml.safe_dump(recipe))
-    plan = plan_json(capsys, "--recipe", str(path), "--gpu", "a100")
+    assert "(64 x 2048 x 1 accumulation x 1 GPUs)" in out and "the recipe as given does NOT fit" in out
+    launch = re.search(r"^launch: (.*)$", out, re.MULTILINE).group(1).split()
+    assert launch[:4] == ["accelerate", "launch", "--config_file", "accelerate_configs/single_gpu.yaml"]
+    overrides = launch[launch.index(str(path)) + 1 :]
+    assert overrides[::2] == ["--per_device_train_batch_size", "--gradient_accumulation_steps"]
+    assert int(overrides[1]) * int(overrides[3]) == 64  # the same 131,072 tokens per step
+    plan = plan_json(capsys, "--recipe", str(path), "--gpu", "a100", *overrides)  # the launch line's setting
     assert plan["memory"]["device_peak"] <= 0.9 * plan["memory"]["capacity"] and plan["tokens_per_step"] == 131_072
 
 
@@ -289,8 +289,8 @@ def test_gpu_profiles_tell_the_h100s_apart_and_map_a_running_device():
     forty = device_profile("NVIDIA A100-PCIE-40GB", 42_505_273_344)
     assert forty.name == "A100 40GB" and forty.memory_bytes == pytest.approx(42_505_273_344, abs=1)
     assert device_profile("NVIDIA A100-SXM4-80GB", 85_031_714_816).name == "A100 80GB"
-    unknown = device_profile("NVIDIA L4", 23_580_639_232)
-    assert unknown.peak_tflops == 0 and unknown.memory_bytes == pytest.approx(23_580_639_232, abs=1)
+    unknown = device_profile("Tesla T4", 15_828_320_256)
+    assert unknown.peak_tflops == 0 and unknown.memory_bytes == pytest.approx(15_828_320_256, abs=1)
     assert gpu_profile("h100") == GPUS["h100-sxm"] and gpu_profile("a100") == GPUS["a100-80gb"]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from . import __version__
 from .config import read_yaml
 from .errors import ScratchError
-from .train.plan import GPU_ALIASES, GPUS, run_plan
+from .train.plan import GPUS, run_plan
 
 POST_TRAINING = ("sft", "dpo")  # passed through to TRL's CLI: see posttrain.py
 
@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
             if export is not None:  # None: it printed --help
                 print(f"done: {export}")
             return 0
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "overrides_allowed", False):
+            parser.parse_args(argv)  # argparse's own refusal of them (exit 2)
+        args.overrides = extra
         return args.run(args) or 0
     except ScratchError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -149,9 +153,17 @@ def add_plan_parser(commands) -> None:
     )
     choice.add_argument("--preset", help=f"a named preset: {PRESETS}")
     choice.add_argument("--config", help="YAML with ScratchConfig keys and an optional `preset:` (or a recipe)")
-    gpus = [*GPUS, *GPU_ALIASES]
-    plan.add_argument("--gpu", required=True, choices=gpus, metavar="GPU", help=", ".join(gpus))
-    plan.add_argument("--num-gpus", type=int, default=1, help="processes; more than one: FSDP2-sharded")
+    plan.add_argument(
+        "--gpu", metavar="GPU", help=f"{', '.join(GPUS)}; any case and spacing ('RTX 3090', 'H100 SXM', A100-40GB)"
+    )
+    plan.add_argument("--gpu-memory", type=float, metavar="GIB", help="another card's memory (or the named card's)")
+    plan.add_argument("--gpu-tflops", type=float, metavar="T", help="another card's dense bf16 TFLOPS")
+    plan.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        help="processes; more than one: FSDP2-sharded; a recipe keeps its global batch",
+    )
     horizon = plan.add_mutually_exclusive_group()
     horizon.add_argument("--steps", type=int, help="optimizer steps")
     horizon.add_argument("--tokens", type=float, help="e.g. 20e9")
@@ -162,9 +174,24 @@ def add_plan_parser(commands) -> None:
     plan.add_argument("--seq-len", type=int, help="default: the model's context")
     plan.add_argument("--tok-per-s", type=float, help="a measured throughput (default: peak x MFU)")
     plan.add_argument("--mfu", type=float, help="assumed MFU (default per GPU, from published runs)")
-    plan.add_argument("--usd-per-gpu-hour", type=float, help="default: a recipe's usd_per_gpu_hour, else 0")
+    plan.add_argument(
+        "--usd-per-gpu-hour", type=float, help="default: the GPU's (its source is printed), else the recipe's"
+    )
+    plan.add_argument(
+        "--write-config", metavar="FILE", help="--recipe: write the recipe with the fastest setting that fits"
+    )
     plan.add_argument("--json", action="store_true", help="print JSON")
-    plan.set_defaults(run=run_plan)
+    plan.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="--recipe: run every phase of the run at full scale on fake tensors (on a GPU machine, real ones) "
+        "and report each phase's peak per GPU",
+    )
+    plan.set_defaults(run=run_plan, overrides_allowed=True, rehearsal=run_rehearsal)
+    plan.epilog = (
+        "With --recipe, --key value pairs after the options override the recipe's keys (as recipes/pretrain.py "
+        "takes them). Exit status 1: the recipe as given does not fit (unless --write-config wrote one that does)."
+    )
 
 
 def add_run_parsers(commands) -> None:
@@ -389,6 +416,13 @@ def run_pull(args) -> None:
     from .hub import pull
 
     print(f"pulled {args.spec} into {pull(args.spec, args.out)}")
+
+
+def run_rehearsal(*args):
+    """plan --rehearse (train/rehearse.py imports train/plan.py, so plan calls it through here)."""
+    from .train.rehearse import run_rehearsal as rehearse
+
+    return rehearse(*args)
 
 
 def run_status(args) -> None:

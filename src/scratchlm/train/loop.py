@@ -42,7 +42,7 @@ from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
-from .plan import Plan, model_config_of, peak_flops_of, plan_run
+from .plan import Plan, model_config_of, peak_flops_of, plan_run, warmup_warning
 from .schedule import Schedule
 from .state import TrainState
 from .step import Stepper
@@ -224,6 +224,8 @@ def setup(config: PretrainConfig) -> Training:
     if config.extend_to:
         state.total_steps = extend(schedule, state, config.extend_to, lambda m: print_main(world, m))
         schedule = Schedule.from_config(config, state.total_steps)
+    if warning := warmup_warning(config, state.total_steps):
+        print_main(world, warning)
 
     log = RunLog(run=run, config=config, enabled=world.main)
     if world.main:
