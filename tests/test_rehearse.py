@@ -169,3 +169,14 @@ def test_plan_rehearse_refuses_bad_input_in_one_line(arguments, says, capsys, mo
     assert main(["plan", *arguments, "--rehearse"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def test_the_planner_counts_the_flex_paths_repeated_k_and_v_without_checkpointing():
+    """genesis-1b has 12 query heads over 6 kv heads: transformers' flex path repeats k and v to every head
+    itself (its kernel's GQA needs a power of two of heads), and saves the copies. One layer, eager."""
+    config, model_config, plan, _ = recipe_run("genesis-1b", 2, num_hidden_layers=1)
+    config = replace(config, gradient_checkpointing=False, torch_compile=False)
+    setup = setup_for_run(config, model_config, plan)
+    assert setup.attention == "flex_attention" and not setup.gradient_checkpointing
+    report = rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
+    assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01

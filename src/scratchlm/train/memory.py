@@ -184,7 +184,10 @@ def attention_bytes(dim: Dims, attention: str, document_masking: bool) -> int:
     saves its fp32 softmax and the probabilities in the compute dtype (B x heads x T x T each)."""
     n, c = dim.tokens, dim.compute
     masked = attention == "sdpa" and document_masking
-    repeated = (masked or attention == "eager") and dim.kv_width != dim.q_width
+    # transformers' flex path repeats k and v itself when the query heads are not a power of two (the
+    # kernel's GQA needs one): genesis-1b's 12 heads over 6, found by the rehearsal (train/rehearse.py).
+    flex_repeats = attention == "flex_attention" and dim.heads & (dim.heads - 1) != 0
+    repeated = (masked or attention == "eager" or flex_repeats) and dim.kv_width != dim.q_width
     # repeat_kv's expand + reshape copies, except from a single kv head (a stride-0 view), where
     # only a cast (autocast's bf16 of RoPE's fp32 k) makes a full copy.
     single = dim.kv_width == dim.head_dim
