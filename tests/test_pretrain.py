@@ -182,6 +182,21 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, shards_dir
     for step in range(1, 11):
         assert c[step]["windows_checksum"] == a[step]["windows_checksum"]
         assert c[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
+    # A run whose batch is per-device x accumulation (8 x 1 on one process) resumed on two with nothing changed:
+    # the checkpoint's 256 tokens/step are kept (4 x 1 x 2), and said; the same stream and losses again.
+    moved = small_run(tmp_path / "moved", shards_dir, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                      max_steps=10)  # fmt: skip
+    launch(tmp_path / "moved", "--config", str(moved), "--stop_at_step", "5")
+    result = launch(tmp_path / "moved", "--config", str(moved), processes=2)
+    assert (
+        "resuming on 2 processes a run trained on 1: its 256 tokens/step kept with per_device_train_batch_size 4, "
+        "gradient_accumulation_steps 1 (it trained with 8 x 1 accumulation x 1)"
+    ) in result.stdout
+    assert "4 x 32 tokens x 1 accumulation x 2 processes = 256 tokens/step" in result.stdout
+    d = train_losses(tmp_path / "moved" / "run")
+    for step in range(1, 11):
+        assert d[step]["windows_checksum"] == a[step]["windows_checksum"]
+        assert d[step]["loss"] == pytest.approx(a[step]["loss"], rel=1e-4), step
 
 
 def test_schedule_extension_and_two_stage_checkpoints(tmp_path, shards_dir):

@@ -312,7 +312,12 @@ def load_checkpoint(path: Path, model, optimizer=None, reset_optimizer: bool = F
     rng_file = path / "rng" / f"rank_{rank:05d}.json"
     if rng_file.is_file():  # a rank that did not exist in the saved run keeps its fresh seed
         _set_rng_state(json.loads(rng_file.read_text()))
-    return json.loads((path / "trainer_state.json").read_text())
+    return trainer_state(path)
+
+
+def trainer_state(path: Path) -> dict:
+    """A checkpoint's step, components' states, and the plan, schedule and config it was trained with."""
+    return json.loads((Path(path) / "trainer_state.json").read_text())
 
 
 def _same_optimizer(path: Path, optimizer, reset_optimizer: bool) -> bool:

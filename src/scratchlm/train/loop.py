@@ -34,7 +34,7 @@ from ..tokenization import (
     train_tokenizer,
     unused_rows_warning,
 )
-from .checkpoint import Checkpointer, restore, resume_point
+from .checkpoint import Checkpointer, restore, resume_point, trainer_state
 from .config import PretrainConfig
 from .evaluate import Evaluator
 from .hardware import check_first_collective, describe_hardware, prepare_environment
@@ -42,7 +42,7 @@ from .memory import check_fits, describe_estimate, setup_for_run
 from .monitor import Meter, Progress, RunLog, SpikeDetector
 from .optimizer import build_optimizer, set_hyperparameters
 from .parallel import World, start_world, unwrapped, wrap_model
-from .plan import Plan, model_config_of, peak_flops_of, plan_run, warmup_warning
+from .plan import Plan, batch_for_world, describe_batch, model_config_of, peak_flops_of, plan_run, warmup_warning
 from .schedule import Schedule
 from .state import TrainState
 from .step import Stepper
@@ -210,6 +210,8 @@ def setup(config: PretrainConfig) -> Training:
     model, model_config = build_model(config, resume_from, tokenizer)
     if warning := unused_rows_warning(tokenizer, model_config.vocab_size):
         print_main(world, warning)
+    if resume_from is not None:
+        config = keep_checkpoint_batch(config, model_config, world, resume_from)
     plan, stats = plan_run(config, model_config, world.size)
     if world.device.type == "cuda":
         check_memory(config, model_config, plan, world)
@@ -375,12 +377,34 @@ def load_initial_weights(source: str, tokenizer):
     return model, model.config
 
 
+def keep_checkpoint_batch(config: PretrainConfig, model_config, world: World, resume_from: Path) -> PretrainConfig:
+    """A resume on another number of processes keeps the checkpoint's global batch (its losses then continue as
+    on the old world): the accumulation follows the world size, or the micro-batch shrinks where it must, and
+    the run says so. The same world with another batch is refused (check_same_batch)."""
+    saved = trainer_state(resume_from)["plan"]
+    tokens, was = saved["tokens_per_step"], saved["world_size"]
+    if was == world.size:
+        return config
+    try:
+        kept = batch_for_world(config, model_config, world.size, tokens)
+    except ScratchError as err:
+        raise ScratchError(
+            f"{resume_from} was trained with {tokens:,} tokens per step on {was} process(es), and {err}; resume it "
+            f"on {was} processes, or on a number that divides its {tokens // saved['seq_len']:,} windows per step"
+        ) from None
+    print_main(world, f"resuming on {world.size} processes a run trained on {was}: its {tokens:,} tokens/step kept "
+               f"with {describe_batch(kept)} (it trained with {saved['micro_batch']} x {saved['accumulation']} "
+               f"accumulation x {was})")  # fmt: skip
+    return kept
+
+
 def check_same_batch(resume_from: Path, saved_plan: dict, plan) -> None:
     if saved_plan["tokens_per_step"] != plan.tokens_per_step:
         raise ScratchError(
             f"{resume_from} was trained with {saved_plan['tokens_per_step']:,} tokens per step, this launch "
-            f"gives {plan.tokens_per_step:,} (micro-batch x seq_len x accumulation x world size); keep the "
-            "global batch: set tokens_per_step so accumulation follows the world size"
+            f"gives {plan.tokens_per_step:,} (micro-batch x seq_len x accumulation x world size) on as many "
+            "processes; drop the batch keys changed since (per_device_train_batch_size, gradient_accumulation_steps, "
+            "tokens_per_step), or finish the run and start another from its export (init_from)"
         )
 
 
