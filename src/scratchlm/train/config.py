@@ -133,11 +133,13 @@ class PretrainConfig:
     )
     muon_embedding_lr: Annotated[float | None, positive] = key(
         None,
-        f"muon: AdamW peak lr of the embeddings, times (hidden_size/768)^-0.5 ({MUON_DEFAULTS['muon_embedding_lr']})",
+        "muon: AdamW peak lr of untied input embeddings, times (hidden_size/768)^-0.5 "
+        f"({MUON_DEFAULTS['muon_embedding_lr']})",
     )
     muon_head_lr: Annotated[float | None, positive] = key(
         None,
-        f"muon: AdamW peak lr of an untied LM head, times (hidden_size/768)^-0.5 ({MUON_DEFAULTS['muon_head_lr']})",
+        "muon: AdamW peak lr of the LM head (and of tied embeddings), times (hidden_size/768)^-0.5 "
+        f"({MUON_DEFAULTS['muon_head_lr']})",
     )
 
     # Speed and memory
