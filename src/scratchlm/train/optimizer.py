@@ -9,7 +9,9 @@ hyperparameters applied to their parameter groups.
   at `learning_rate`. Every group follows the schedule's shape: its lr is its peak times lr(step) /
   learning_rate. Defaults are nanochat's published ones: Muon lr 0.02 scaled by sqrt(max(1, rows/cols)),
   Nesterov momentum warming from 0.85 to 0.95 over the first 300 steps, 5 Newton-Schulz steps; embedding
-  lr 0.2 and head lr 0.004, both times (hidden_size / 768) ** -0.5.
+  lr 0.2 and head lr 0.004 (a tied embedding is the head, and takes the head's), both times
+  (hidden_size / 768) ** -0.5. Matrices decay by weight_decay (decoupled, times the lr, as AdamW's);
+  the embeddings and head only with embedding_weight_decay; scalars never.
 
 Muon under FSDP2: a sharded parameter (a DTensor, rows split across ranks) holds only some rows of its
 matrix, and the orthogonalisation needs all of them. We gather the whole matrix on every rank
