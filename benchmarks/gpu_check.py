@@ -1,23 +1,16 @@
-r"""The device check (issue 17.4): one command that, on one GPU with no network, checks the loop's correctness
-on the GPU and measures its speed at 1B, within 8 minutes, and writes benchmarks/results/gpu_check.json:
-every check with its criterion, its status (pass, fail, or "not run: why") and its figures.
+r"""The GPU check: one command that, on a machine with one CUDA GPU and no network needed, checks the loop's
+correctness on the GPU and measures its speed at 1B within about 8 minutes, and writes
+benchmarks/results/gpu_check.json: every check with its criterion, its status (pass, fail, or "not run: why")
+and its figures.
 
     python benchmarks/gpu_check.py --smoke                # a CPU, tiny shapes, about a minute (CI); GPU-only
                                                           # checks read "not run: no GPU"
     python benchmarks/gpu_check.py --prepare-data DIR     # with `datasets` installed: the tiny recipe's data
     python benchmarks/gpu_check.py --data DIR --out FILE  # on the GPU machine
 
-The GPU machine has torch 2.11, transformers 5.17, accelerate 1.15 and no `datasets`, trl or flash-attn,
-and nothing can be fetched there. So transformers 5.24 travels as a wheel and the tiny recipe's data
-(shards, probes, CORE bundle) is prepared here beforehand, both in the main checkout's git-ignored .whl/
-folder (benchmarks/README.md says how, and has this command on one line). The device command (the run
-tool: carry [".whl"], timeout_s 600):
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl && export PYTHONPATH=/tmp/site || exit; export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1; \
-    python3 benchmarks/gpu_check.py --data .whl/gpu-check-data --work /tmp/gcw --out $OUT/gpu_check.json 2>&1 \
-        | tee $OUT/gpu_check.log; rc=${PIPESTATUS[0]}; \
-    (cd /tmp/gcw && tar czf $OUT/gpu_check_runs.tgz *.log *.yaml */metrics.jsonl speed_*.json); exit $rc
+The GPU machine needs scratchlm's install (torch with CUDA, transformers, accelerate), not `datasets`: the
+tiny recipe's data (shards, probes, CORE bundle) can be prepared on any machine with --prepare-data and
+copied over (benchmarks/README.md).
 
 Sections, inside one deadline (--budget-s), the JSON rewritten after each so a killed run still leaves what
 it measured:
@@ -25,7 +18,9 @@ it measured:
 - correctness: tiny-recipe runs through `python recipes/pretrain.py` in parallel processes (GPU fp32 and bf16
   against CPU fp32, accumulation, FSDP2 on one rank), while this process checks document masking on every
   attention backend, evaluation on the GPU and the chunked loss;
-- speed: the 1B shapes through the loop, one profiled step, a bare PyTorch reference (gpu_check_speed.py).
+- speed: the 1B shapes through the loop, the rehearsal's real-tensor mode on the same run (each phase's
+  measured peak beside the planner's; train/rehearse.py), one profiled step, a bare PyTorch reference
+  (gpu_check_speed.py).
 Exit status 0 iff every check that ran passed and no section broke off.
 """
 

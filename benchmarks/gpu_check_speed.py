@@ -8,7 +8,9 @@ recompile count are its own. gpu_check.py starts it:
    after a few steps. Its checkpoint writes are switched off (a 1B checkpoint is 12 GB of disk and
    seconds of writing that are no part of a step's speed) and it never reaches its export. Speed,
    MFU and peak memory come from its metrics.jsonl; recompiles from dynamo's compilation metrics.
-2. The memory estimator (train/memory.py, when present) for the same run, against that peak.
+2. The rehearsal's real-tensor mode (train/rehearse.py, as `scratchlm plan --rehearse` runs it on a GPU) on
+   the same run: each phase's tracked and measured peak ([tracked, measured] GiB), the planner's training
+   peak against the measured one, tok/s and MFU.
 3. A torch.profiler profile of one more step of the loop's own Stepper, summarised by category.
 4. A bare PyTorch reference of the same step: the same model class, config, micro-batch and
    document layout, random tokens already on the device, fused AdamW, clipping, eager and compiled
@@ -40,8 +42,9 @@ from scratchlm.model.info import model_stats  # noqa: E402
 from scratchlm.model.loss import liger_loss  # noqa: E402
 from scratchlm.train.config import PretrainConfig  # noqa: E402
 from scratchlm.train.loop import fit, setup  # noqa: E402
-from scratchlm.train.memory import estimate_memory, setup_for_run  # noqa: E402
+from scratchlm.train.memory import setup_for_run  # noqa: E402
 from scratchlm.train.parallel import checkpoint_layers  # noqa: E402
+from scratchlm.train.rehearse import rehearse_real  # noqa: E402
 
 GIB = 2**30
 
@@ -62,8 +65,6 @@ def main() -> None:
     result["loop"] = loop_figures(t, spec["warmup_steps"])
     save()
     # Each part after the loop's own figures is tried on its own: a failure is its figure, not the process's.
-    result["estimate"] = attempt(memory_estimate, t, result["loop"]["mem_peak_gib"])
-    save()
     result["profile"] = attempt(profile_one_step, t)
     save()
     first_batch = next(WindowLoader(TokenShards(t.config.data_dir), t.plan.seq_len, t.plan.micro_batch))
@@ -79,9 +80,13 @@ def main() -> None:
         "device": t.world.device,
     }
     flops_per_token, peak = t.plan.flops_per_token, t.meter.peak
+    run = (t.config, t.model_config, t.plan, rehearsal_setup(t))
     t.close()
     t.world.close()
-    del t  # the loop's model, optimizer and compiled graphs leave the device before the bare reference starts
+    del t  # the loop's model, optimizer and compiled graphs leave the device before the rehearsal starts
+    free_device_memory()
+    result["estimate"] = attempt(rehearsed_memory, *run)
+    save()
     free_device_memory()
     result["bare"] = {}
     # The recipe's own compile setting first: it is what loop/bare is judged on.
@@ -170,24 +175,36 @@ def compilations() -> dict:
     }
 
 
-def memory_estimate(t, measured_gib: float) -> dict:
-    """train/memory.py's allocated peak for this very run (as the loop's check_memory sets it up), against
-    torch.cuda.max_memory_allocated."""
+def rehearsal_setup(t):
+    """train/memory.py's setup of this very run, as the loop's check_memory sets it up."""
     lm = inspect.unwrap(t.stepper.loss_fn).__name__ == "lm_loss"
     loss = ("liger" if liger_loss(t.world.device) else "chunked") if lm else "plain"
-    run_setup = setup_for_run(
+    return setup_for_run(
         t.config, t.model_config, t.plan, bf16=t.world.bf16, sharded=t.world.fsdp, loss=loss,
         attention=t.model_config._attn_implementation,
     )  # fmt: skip
-    estimate = estimate_memory(run_setup)
-    estimated = estimate.allocated_peak / GIB
+
+
+def rehearsed_memory(config, model_config, plan, run_setup) -> dict:
+    """The rehearsal's real-tensor mode (train/rehearse.py: what `scratchlm plan --rehearse` runs on a GPU) on
+    the same run: every phase's torch.cuda.max_memory_allocated beside what torch's tracker counts, and the
+    planner's training peak against the measured one (on a CPU the tracker's count stands for it)."""
+    capacity = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 12 * GIB
+    report = rehearse_real(config, model_config, plan, run_setup, capacity, steps=2)
+    training = report.phases[0]
+    measured = (training.measured if training.measured is not None else training.peak) / GIB
+    estimated = report.estimate["allocated_peak"] / GIB
     return {
         "status": "done",
         "estimated_gib": estimated,
-        "measured_gib": measured_gib,
-        "relative_error": (estimated - measured_gib) / measured_gib if measured_gib else None,
-        "terms_gib": {name: round(value / GIB, 3) for name, value in estimate.terms.items()},
-        "loss": loss,
+        "measured_gib": measured,
+        "relative_error": (estimated - measured) / measured,
+        "terms_gib": {name: round(value / GIB, 3) for name, value in report.estimate["terms"].items()},
+        "phases_gib": {
+            p.name: [round(p.peak / GIB, 3), p.measured and round(p.measured / GIB, 3)] for p in report.phases
+        },
+        "loss": run_setup.loss,
+        **report.real,
     }
 
 

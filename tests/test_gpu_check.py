@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py, the device check, in its CPU smoke mode: every section's code that a CPU can run
-runs in CI, so the check is ready, unrotted, for the first GPU a session gets (its GPU run is the device's)."""
+"""benchmarks/gpu_check.py, the GPU check, in its CPU smoke mode: every section's code that a CPU can run
+runs in CI, so the check is ready, unrotted, for the first GPU it meets (its GPU run needs the GPU)."""
 
 import json
 import subprocess
@@ -48,6 +48,12 @@ def test_smoke_mode_runs_every_cpu_check_and_they_pass(tmp_path):
     assert speed["complete"] and speed["loop"]["measured_steps"] >= 2 and speed["loop"]["tok_per_s"] > 0
     assert speed["loop"]["compile"] and speed["loop"]["recompiles"] == 0  # one graph for both decoder blocks
     assert all(speed["bare"][mode]["tok_per_s"] > 0 for mode in ("eager", "compiled"))
+    # The memory figures are the rehearsal's real-tensor mode on the same run (train/rehearse.py), every phase.
+    from scratchlm.train.rehearse import PHASES
+
+    rehearsed = speed["estimate"]
+    assert rehearsed["status"] == "done" and list(rehearsed["phases_gib"]) == list(PHASES)
+    assert rehearsed["tok_per_s"] > 0 and rehearsed["measured_gib"] > 0 and abs(rehearsed["relative_error"]) < 1
     categories = speed["profile"]["categories"]
     assert categories["matmul"]["ms"] > 0 and sum(c["share"] for c in categories.values()) >= 0.99
     assert not (tmp_path / "work" / "speed_tiny-smoke" / "export").exists()  # stopped before its export
