@@ -1,0 +1,259 @@
+"""What the training loop itself costs: scratchlm's loop beside a bare PyTorch loop and transformers' Trainer,
+on the same model and data, written to benchmarks/results/loop_overhead.json.
+
+    python benchmarks/loop_overhead.py [--steps 100] [--warmup 10] [--rounds 3] [--threads 2] [--no-trainer]
+
+The loops, each trained from the same initial weights on the same windows (8 x 256 tokens, fp32, no
+accumulation), for `warmup` steps and then `steps` timed steps:
+
+- scratchlm, document masking off and on: the loop as users run it, `setup(config)` then `fit(t)` from
+  train/loop.py on a fresh run directory, with the tiny recipe's config (recipes/tiny/pretrain.yaml: its
+  model, batch, schedule, clipping and logging every 10 steps) and no evaluations or samples. Everything
+  fit() does per step is inside the timing: the loader, the Stepper's step (chunked loss, the finiteness
+  check, the checksum of the windows), the schedule, the record every 10 steps (metrics.jsonl), the spike
+  detector, the progress bar. The time is the loop's own clock (TrainState.elapsed_s in metrics.jsonl) from
+  the record at step `warmup` to the one at `warmup + steps`; the end-of-run checkpoint comes after it.
+- bare: the same model class and initial weights (the loop's own build_model), the same windows already in
+  memory, `F.cross_entropy` on the full logits, backward, clip_grad_norm_, AdamW with the recipe's
+  hyperparameters, zero_grad; a loss printed every 10 steps.
+- trainer: transformers' Trainer on the same model, windows and hyperparameters, its own loss replaced by
+  the same `F.cross_entropy`, no saving, no reporting; timed by a callback at the same two steps.
+
+Rounds are interleaved (every other one in reverse order) so that the host's load falls on every loop alike;
+the figures are medians over rounds. The data are the tiny recipe's, made by the loop's own prepare_data
+(a small default corpus) unless --data names a folder of prepared shards.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).parent / "results" / "loop_overhead.json"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per loop and round (a multiple of 10)")
+    parser.add_argument("--warmup", type=int, default=10, help="steps before the timing starts (a multiple of 10)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-trainer", action="store_true", help="leave transformers' Trainer out")
+    parser.add_argument("--data", type=Path, help="prepared shards (default: made in a temporary folder)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.steps % 10 or args.warmup % 10 or args.warmup < 10:
+        parser.error("--steps and --warmup must be multiples of 10 (the recipe's logging_steps), --warmup >= 10")
+    return args
+
+
+# Threads are fixed before torch starts: every loop computes with the same number.
+ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import transformers  # noqa: E402
+
+from scratchlm.config import read_yaml  # noqa: E402
+from scratchlm.data.loader import WindowLoader  # noqa: E402
+from scratchlm.data.shards import TokenShards  # noqa: E402
+from scratchlm.tokenization import load_tokenizer  # noqa: E402
+from scratchlm.train.config import PretrainConfig  # noqa: E402
+from scratchlm.train.loop import build_model, fit, prepare_data, setup  # noqa: E402
+
+LOOPS = ("scratchlm", "scratchlm_masked", "bare", "trainer")
+
+
+def recipe_config(data: Path, output_dir: Path, steps: int, masking: bool) -> PretrainConfig:
+    """The tiny recipe's config on prepared shards, for `steps` steps, without evaluations or samples."""
+    values = read_yaml(RECIPE / "pretrain.yaml")
+    values.update(
+        output_dir=str(output_dir), data_dir=str(data), default_data="", data_config="", max_steps=steps,
+        eval_steps=0, sample_steps=0, sample_prompts=[], probes="", core_bundle="", save_steps=0,
+        document_masking=masking,
+    )  # fmt: skip
+    return PretrainConfig(**values)
+
+
+def make_data(work: Path) -> Path:
+    """The tiny recipe's data made by the loop's own prepare_data, from a small embedded default (150,000
+    tokens, a 1,024-token vocabulary; the model keeps its 1,280 rows)."""
+    from scratchlm.data.default import write_default
+
+    here = os.getcwd()
+    os.chdir(work)  # the recipe names its files relative to the working directory
+    try:
+        values = read_yaml(RECIPE / "pretrain.yaml")
+        config = PretrainConfig(**{**values, "data_config": str(RECIPE / "data.yaml"), "tokenizer_vocab_size": 1024})
+        write_default(config.default_data, seed=0, tokens=150_000, countries=20)
+        prepare_data(config)
+    finally:
+        os.chdir(here)
+    return work / config.data_dir
+
+
+# --- the loops -----------------------------------------------------------------------------------------
+
+
+def run_scratchlm(data: Path, work: Path, warmup: int, steps: int, masking: bool) -> dict:
+    run_dir = work / f"run-{'masked' if masking else 'plain'}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t = setup(recipe_config(data, run_dir, warmup + steps, masking))
+    cpu, write_record = {}, t.log.metrics
+
+    def observed(record: dict) -> None:  # the process's CPU time at each record; the record is written as ever
+        cpu[record["step"]] = time.process_time()
+        write_record(record)
+
+    t.log.metrics = observed
+    try:
+        assert torch.get_num_threads() == ARGS.threads, torch.get_num_threads()
+        fit(t)
+        records = {r["step"]: r for r in t.run.training_metrics()}
+    finally:
+        t.close()
+        t.world.close()
+    end = warmup + steps
+    seconds = records[end]["elapsed_s"] - records[warmup]["elapsed_s"]
+    tokens = records[end]["tokens"] - records[warmup]["tokens"]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"tok_per_s": tokens / seconds, "seconds": seconds, "cpu_s": cpu[end] - cpu[warmup],
+            "loss_1": records[1]["loss"], "loss_last": records[end]["loss"]}  # fmt: skip
+
+
+def windows(data: Path, config: PretrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `count` micro-batches the loop trains on (one process), as (input_ids, labels)."""
+    loader = WindowLoader(TokenShards(data), config.seq_len, config.per_device_train_batch_size, seed=config.seed)
+    return [(b["input_ids"], b["labels"]) for b in (next(loader) for _ in range(count))]
+
+
+def fresh_model(data: Path, config: PretrainConfig):
+    """The loop's model and initial weights (its build_model after its seed), without the KV cache in training."""
+    torch.manual_seed(config.seed)
+    model, _ = build_model(config, None, load_tokenizer(data / "tokenizer"))
+    model.config.use_cache = False
+    return model
+
+
+def plain_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten())
+
+
+def run_bare(data: Path, work: Path, warmup: int, steps: int) -> dict:
+    config = recipe_config(data, work / "unused", warmup + steps, masking=False)
+    batches = windows(data, config, warmup + steps)
+    model = fresh_model(data, config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon)  # fmt: skip
+    losses = {}
+    for step, (inputs, labels) in enumerate(batches, start=1):
+        if step == warmup + 1:
+            start, start_cpu = time.perf_counter(), time.process_time()
+        loss = plain_loss(model(input_ids=inputs).logits, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == 1:
+            losses[step] = loss.item()
+            print(f"bare: step {step}, loss {losses[step]:.4f}", flush=True)
+    seconds, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
+    tokens = steps * config.per_device_train_batch_size * config.seq_len
+    return {"tok_per_s": tokens / seconds, "seconds": seconds, "cpu_s": cpu_s, "loss_1": losses[1],
+            "loss_last": losses[step]}  # fmt: skip
+
+
+def run_trainer(data: Path, work: Path, warmup: int, steps: int) -> dict:
+    config = recipe_config(data, work / "unused", warmup + steps, masking=False)
+    rows = [{"input_ids": x, "labels": y} for inputs, labels in windows(data, config, warmup + steps)
+            for x, y in zip(inputs, labels, strict=True)]  # fmt: skip
+    times: dict[int, float] = {}
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            times[state.global_step] = (time.perf_counter(), time.process_time())
+
+    arguments = transformers.TrainingArguments(
+        output_dir=str(work / "trainer"), max_steps=warmup + steps, per_device_train_batch_size=8,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2, adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type="cosine", warmup_steps=config.warmup_steps, logging_steps=10, save_strategy="no",
+        report_to="none", use_cpu=True, seed=config.seed, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=fresh_model(data, config), args=arguments, train_dataset=rows, callbacks=[Clock()],
+        compute_loss_func=lambda outputs, labels, num_items_in_batch=None: plain_loss(outputs.logits, labels),
+    )  # fmt: skip
+    trainer.train()
+    assert torch.get_num_threads() == ARGS.threads, torch.get_num_threads()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    (start, start_cpu), (end, end_cpu) = times[warmup], times[warmup + steps]
+    shutil.rmtree(work / "trainer", ignore_errors=True)
+    tokens = steps * config.per_device_train_batch_size * config.seq_len
+    return {"tok_per_s": tokens / (end - start), "seconds": end - start, "cpu_s": end_cpu - start_cpu,
+            "loss_last": losses[-1]}  # fmt: skip
+
+
+def run(name: str, data: Path, work: Path, warmup: int, steps: int) -> dict:
+    if name == "bare":
+        return run_bare(data, work, warmup, steps)
+    if name == "trainer":
+        return run_trainer(data, work, warmup, steps)
+    return run_scratchlm(data, work, warmup, steps, masking=name == "scratchlm_masked")
+
+
+# --- the measurement -----------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    loops = [name for name in LOOPS if not (args.no_trainer and name == "trainer")]
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="loop_overhead_") as scratch:
+        work = Path(scratch)
+        data = args.data or make_data(work)
+        for index in range(args.rounds):
+            order = loops if index % 2 == 0 else loops[::-1]
+            figures = {"order": order, "load_before": os.getloadavg()}
+            for name in order:
+                print(f"loop_overhead: round {index + 1}, {name}", flush=True)
+                figures[name] = run(name, data, work, args.warmup, args.steps)
+                print(f"loop_overhead: {name}: {figures[name]['tok_per_s']:,.0f} tok/s", flush=True)
+            figures["load_after"] = os.getloadavg()
+            rounds.append(figures)
+    medians = {name: statistics.median(r[name]["tok_per_s"] for r in rounds) for name in loops}
+    tokens = args.steps * 8 * 256
+    cpu_medians = {name: statistics.median(tokens / r[name]["cpu_s"] for r in rounds) for name in loops}
+    result = {
+        "command": " ".join(["python", *sys.argv]),
+        "what": __doc__.split("\n\n")[2].strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "shape": "tiny preset (6 x 256, vocab 1,280), micro-batch 8 x seq 256, fp32, no accumulation, sdpa",
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "median_tok_per_s": {name: round(value) for name, value in medians.items()},
+        "vs_bare": {name: round(value / medians["bare"], 3) for name, value in medians.items()},
+        # Tokens per second of the process's CPU time (all its threads): what a busy host's scheduling moves least.
+        "median_tok_per_cpu_s": {name: round(value) for name, value in cpu_medians.items()},
+        "vs_bare_cpu": {name: round(value / cpu_medians["bare"], 3) for name, value in cpu_medians.items()},
+        "rounds": rounds,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({key: result[key] for key in ("median_tok_per_s", "vs_bare", "vs_bare_cpu")}, indent=1))
+
+
+if __name__ == "__main__":
+    main(ARGS)
