@@ -141,3 +141,13 @@ def test_overrides_go_with_a_recipe_and_a_horizon_inside_the_warmup_is_warned_of
     assert "steps                               20" in out and out.rstrip().endswith(f"--config {TINY} --max_steps 20")
     err = refused(capsys, "--preset", "tiny", "--gpu", "4090", "--steps", "5", "--max_steps", "3")
     assert err == "error: plan: --max_steps overrides a recipe's key: it goes with --recipe\n"
+
+
+def test_impossible_numbers_and_paths_are_refused_at_once(capsys, tmp_path):
+    for flag in ("--num-gpus", "--gpu-memory", "--gpu-tflops"):
+        with pytest.raises(SystemExit) as exit:
+            main(["plan", "--recipe", TINY, "--gpu", "4090", flag, "0"])
+        assert exit.value.code == 2 and f"argument {flag}: must be above 0, got 0" in capsys.readouterr().err
+    nowhere = tmp_path / "nowhere" / "run.yaml"
+    err = refused(capsys, "--recipe", TINY, "--gpu", "4090", "--write-config", str(nowhere))
+    assert err == f"error: --write-config {nowhere}: its directory does not exist\n" and not nowhere.parent.exists()

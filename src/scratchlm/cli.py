@@ -156,11 +156,13 @@ def add_plan_parser(commands) -> None:
     plan.add_argument(
         "--gpu", metavar="GPU", help=f"{', '.join(GPUS)}; any case and spacing ('RTX 3090', 'H100 SXM', A100-40GB)"
     )
-    plan.add_argument("--gpu-memory", type=float, metavar="GIB", help="another card's memory (or the named card's)")
-    plan.add_argument("--gpu-tflops", type=float, metavar="T", help="another card's dense bf16 TFLOPS")
+    plan.add_argument(
+        "--gpu-memory", type=positive(float), metavar="GIB", help="another card's memory (or the named's)"
+    )
+    plan.add_argument("--gpu-tflops", type=positive(float), metavar="T", help="another card's dense bf16 TFLOPS")
     plan.add_argument(
         "--num-gpus",
-        type=int,
+        type=positive(int),
         default=1,
         help="processes; more than one: FSDP2-sharded; a recipe keeps its global batch",
     )
@@ -192,6 +194,19 @@ def add_plan_parser(commands) -> None:
         "With --recipe, --key value pairs after the options override the recipe's keys (as recipes/pretrain.py "
         "takes them). Exit status 1: the recipe as given does not fit (unless --write-config wrote one that does)."
     )
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above 0 (argparse's one-line refusal, exit 2, otherwise)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid float value"
+    return parse
 
 
 def add_run_parsers(commands) -> None:

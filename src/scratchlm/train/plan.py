@@ -385,6 +385,8 @@ def plan_recipe(path: str, gpu: GpuProfile, notes: list[str], args) -> int:
     from .memory import estimate_memory, setup_for_run
 
     config, model_config = read_recipe(path, args)
+    if args.write_config and not Path(args.write_config).resolve().parent.is_dir():
+        raise ScratchError(f"--write-config {args.write_config}: its directory does not exist")
     given, batch_note = keep_recipe_batch(config, model_config, args.num_gpus)
     plan, stats = plan_run(given, model_config, args.num_gpus)
     setup = setup_for_run(given, model_config, plan)
