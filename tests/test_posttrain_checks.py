@@ -1,5 +1,5 @@
 """What `scratchlm sft|dpo` refuses, and that it refuses exactly what TRL would: the arguments as TRL's own
-parser reads them, the data through TRL's own preparation (on the recipes' Hub datasets, as schema-exact
+parser reads them, the data through TRL's own trainer (on the recipes' Hub datasets, as schema-exact
 snapshots), accelerate's mixed precision; each refusal one line, before TRL starts."""
 
 import json
@@ -135,7 +135,7 @@ def test_an_accelerate_config_cannot_override_the_recipes_bf16(tmp_path, capsys,
     assert "but --mixed_precision sets mixed_precision: bf16" in error
 
 
-# --- the rows, through TRL's own preparation -------------------------------------------------------------
+# --- the rows, through TRL's own trainer -------------------------------------------------------------------
 
 
 def spoil(rows: list[dict], case: str) -> list[dict]:
