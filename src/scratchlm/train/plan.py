@@ -13,9 +13,14 @@ import math
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ScratchError
 from ..hub import HUB_PREFIX
+
+if TYPE_CHECKING:  # for the annotations only: importing them pulls in transformers (seconds)
+    from ..model import ScratchConfig
+    from .config import PretrainConfig
 
 GIB = 2**30
 
@@ -220,8 +225,8 @@ def estimate_time_and_cost(
 # --- a pretraining config's model and plan: the loop and the planner both ask here ----------------------
 
 
-def model_config_of(config):
-    """The model a pretraining config (PretrainConfig) trains, as far as it is known before any weights are
+def model_config_of(config: "PretrainConfig") -> "ScratchConfig":
+    """The model a pretraining config trains, as far as it is known before any weights are
     read: its preset, its model YAML, or the config.json of the model directory init_from continues. The loop
     builds a new model from it (train/loop.py build_model; init_from's weights it loads instead)."""
     from ..model.files import read_config, scratch_config
@@ -232,7 +237,7 @@ def model_config_of(config):
     return scratch_config(read_config(config.init_from), where=config.init_from)
 
 
-def check_seq_len(config, model_config) -> int:
+def check_seq_len(config: "PretrainConfig", model_config: "ScratchConfig") -> int:
     """The run's window: seq_len, else the model's context; a window longer than the context is refused."""
     from ..model.info import window_length
 
@@ -245,7 +250,7 @@ def check_seq_len(config, model_config) -> int:
     return seq_len
 
 
-def plan_run(config, model_config, world_size: int) -> tuple[Plan, dict]:
+def plan_run(config: "PretrainConfig", model_config: "ScratchConfig", world_size: int) -> tuple[Plan, dict]:
     """The batch and horizon of a pretraining config for its model and world size, and the model's stats
     (model_stats at the run's window): what the loop trains and what `scratchlm plan --recipe` prints."""
     from ..model.info import model_stats
