@@ -223,6 +223,8 @@ def test_schedule_extension_and_two_stage_checkpoints(tmp_path, shards_dir):
     assert "extending the run from 10 to 14 steps" in result.stdout
     assert max(train_losses(run)) == 14
     assert json.loads((run / "plan.json").read_text())["total_steps"] == 14
+    saved = json.loads((RunDir(run).latest_checkpoint() / "trainer_state.json").read_text())
+    assert saved["schedule"]["total_steps"] == 14  # the Checkpointer records the extended schedule
     again = launch(tmp_path, "--config", str(config))  # the original command keeps the extended horizon
     assert "keeping the run's" in again.stdout and max(train_losses(run)) == 14
 
