@@ -391,9 +391,12 @@ def test_torch_compile_trains_checkpoints_and_resumes(tmp_path, shards_dir, monk
     config = small_run(tmp_path, shards_dir, max_steps=4, torch_compile=True, save_steps=2, eval_steps=2,
                        eval_windows=2, sample_steps=2, sample_prompts=["The capital of"], sample_max_new_tokens=4,
                        gradient_checkpointing=True)  # fmt: skip
-    monkeypatch.setenv("TORCH_LOGS", "recompiles")
+    monkeypatch.setenv("TORCH_LOGS", "recompiles,graph_breaks")
     first = launch(tmp_path, "--config", str(config))
     assert "recompile_limit" not in first.stderr
+    # Checkpointed blocks compile whole (tests/test_compile.py counts their graphs and ops): dynamo reports
+    # no graph break (transformers' checkpointed layer made one in every block, which then ran eager).
+    assert "Graph break" not in first.stderr, first.stderr[-3000:]
     assert first.stderr.count("Recompiling function") <= 1, first.stderr[-3000:]
     launch(tmp_path, "--config", str(config), "--extend_to", "6")
     losses = train_losses(tmp_path / "run")

@@ -116,6 +116,12 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool, mesh=None) ->
     if config.gradient_checkpointing:
         checkpoint_layers(model, config.gradient_checkpointing_policy)
     if config.torch_compile:
+        if config.gradient_checkpointing:
+            # transformers' decoder layer sets a context variable in its forward (its output capture); inside a
+            # checkpoint dynamo refuses that side effect, breaks the graph and runs every block eager. The
+            # variable matters to the forward only, so the recompute in backward need not replay it: dynamo then
+            # compiles the block with its checkpoint inside (tests/test_compile.py counts the ops it captures).
+            torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
         for layer in model.model.layers:
             layer.compile(backend=config.torch_compile_backend)  # in place: parameter names (and checkpoints) stay
     if world.fsdp:
