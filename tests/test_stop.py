@@ -77,3 +77,12 @@ def test_a_stop_keeps_its_checkpoint_however_long_the_step(tmp_path, shards_dir,
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["reason"] == "stop" and state["step"] == 3
     assert run.holder() is None and [m["step"] for m in run.training_metrics()] == [1, 2, 3]
+
+
+def test_help_keeps_its_status_under_the_launcher(tmp_path):
+    """The script's own exits pass through the process kept beside the launcher: argparse's --help exits 0 there
+    (it raises SystemExit, as argparse's refusals do with 2), not 1 with the launcher's traceback."""
+    launch = [shutil.which("accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "recipes" / "pretrain.py")]  # fmt: skip
+    shown = subprocess.run([*launch, "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert shown.returncode == 0 and "--config FILE" in shown.stdout, shown.stderr[-2000:]

@@ -77,6 +77,9 @@ def _train(main: Callable[[], int], write: int, launcher: int) -> int:
     status = 1  # an exception escaping main()
     try:
         status = main()
+    except SystemExit as exit:  # argparse: --help (0) and its refusals (2)
+        status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        raise
     except KeyboardInterrupt:  # Ctrl-C twice: stopped at once
         status = 128 + signal.SIGINT
         raise
@@ -117,6 +120,8 @@ def keep(read: int, launcher: int) -> int:
     signals = (signal.SIGINT, signal.SIGTERM)
     with os.fdopen(read, "rb") as pipe:
         trainer = int(pipe.readline() or 0)
+        if trainer <= 0:  # it never started (os.kill of 0 would signal this whole process group)
+            return 1
 
         def forward(signum, frame):
             with suppress(ProcessLookupError):
