@@ -262,13 +262,22 @@ def test_readme_plan_commands_print_what_the_readme_says(name, capsys, clean_env
     assert re.search(rf"device peak\s+{used} GiB .* of {capacity} GiB", out)
 
 
-def test_plan_config_given_a_recipe_plans_the_recipe_and_recipe_refuses_a_horizon(capsys, clean_environ):
+def test_plan_config_given_a_recipe_plans_the_recipe_and_plan_flags_set_its_keys(capsys, clean_environ):
     args = ["--gpu", "4090", "--num-gpus", "2"]
     by_recipe = plan_json(capsys, "--recipe", "recipes/genesis-1b/pretrain.yaml", *args)
     assert plan_json(capsys, "--config", "recipes/genesis-1b/pretrain.yaml", *args) == by_recipe
     assert (by_recipe["micro_batch"], by_recipe["accumulation"], by_recipe["steps"]) == (4, 32, 40_000)
-    assert main(["plan", "--recipe", "recipes/genesis-1b/pretrain.yaml", *args, "--steps", "5"]) == 2
-    assert "takes the batch and horizon from the recipe" in capsys.readouterr().err
+    # plan's own horizon and batch flags set the recipe's keys (and the launch line says so)
+    short = plan_json(
+        capsys, "--recipe", "recipes/genesis-1b/pretrain.yaml", *args, "--steps", "5", "--micro-batch", "2"
+    )
+    assert (short["steps"], short["micro_batch"], short["accumulation"], short["tokens_per_step"]) == (
+        5,
+        2,
+        64,
+        524_288,
+    )
+    assert "--config recipes/genesis-1b/pretrain.yaml --max_steps 5 --per_device_train_batch_size 2" in short["launch"]
 
 
 def test_gpu_profiles_tell_the_h100s_apart_and_map_a_running_device():

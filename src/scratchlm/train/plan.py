@@ -600,19 +600,33 @@ def print_choice(setup, fastest, launch: str, written: str | None) -> None:
     print(f"launch: {launch}")
 
 
+# plan's own flags for a model's batch and horizon, as the recipe keys they set with --recipe
+HORIZON_KEYS = {"steps": "max_steps", "tokens": "max_tokens", "ratio": "tokens_per_param", "flops": "target_flops"}
+BATCH_KEYS = {"micro_batch": "per_device_train_batch_size", "seq_len": "seq_len", "tokens_per_step": "tokens_per_step"}
+
+
+def recipe_keys_of(args) -> list[str]:
+    """`--key value` overrides of a recipe for the plan flags given (--steps 100: --max_steps 100 and the other
+    horizons off; --tokens-per-step: the accumulation off)."""
+    words = []
+    for flag, key in {**HORIZON_KEYS, **BATCH_KEYS}.items():
+        value = getattr(args, flag)
+        if not value:
+            continue
+        words += [f"--{key}", str(int(value) if key == "max_tokens" else value)]
+        if flag in HORIZON_KEYS:
+            words += [word for other in HORIZON_KEYS.values() if other != key for word in (f"--{other}", "0")]
+        if flag == "tokens_per_step":
+            words += ["--gradient_accumulation_steps", "0"]
+    return words
+
+
 def read_recipe(path: str, args):
     """A pretraining recipe with the command line's `--key value` overrides, and the model it trains, as the
     training loop builds it (model_config_of)."""
     from .config import parse_pretrain_args
 
-    flags = ("steps", "tokens", "ratio", "flops", "micro_batch", "seq_len", "tokens_per_step")
-    given = [flag for flag in flags if getattr(args, flag)]
-    if given:
-        raise ScratchError(
-            f"plan --recipe takes the batch and horizon from the recipe; drop --{given[0].replace('_', '-')} and "
-            "give the recipe's own key instead (--max_steps 100, --per_device_train_batch_size 4, ...)"
-        )
-    config = parse_pretrain_args(["--config", path, *args.overrides])
+    config = parse_pretrain_args(["--config", path, *recipe_keys_of(args), *args.overrides])
     init_from = config.init_from
     if init_from and (init_from.startswith(HUB_PREFIX) or not (Path(init_from) / "config.json").is_file()):
         raise ScratchError(
