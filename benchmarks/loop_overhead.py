@@ -1,7 +1,7 @@
 """What the training loop itself costs: scratchlm's loop beside a bare PyTorch loop and transformers' Trainer,
 on the same model and data, written to benchmarks/results/loop_overhead.json.
 
-    python benchmarks/loop_overhead.py [--steps 100] [--warmup 10] [--rounds 3] [--threads 2] [--no-trainer]
+    python benchmarks/loop_overhead.py [--steps 100] [--warmup 10] [--rounds 3] [--threads 2] [--loops ...]
 
 The loops, each trained from the same initial weights on the same windows (8 x 256 tokens, fp32, no
 accumulation), for `warmup` steps and then `steps` timed steps:
@@ -33,24 +33,30 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from pathlib import Path
 
+LOOPS = ("scratchlm", "scratchlm_masked", "bare", "trainer")
 OUT = Path(__file__).parent / "results" / "loop_overhead.json"
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per loop and round (a multiple of 10)")
-    parser.add_argument("--warmup", type=int, default=10, help="steps before the timing starts (a multiple of 10)")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per loop and round")
+    parser.add_argument("--warmup", type=int, default=10, help="steps before the timing starts")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-trainer", action="store_true", help="leave transformers' Trainer out")
+    parser.add_argument("--loops", default=",".join(LOOPS), help=f"which of {', '.join(LOOPS)} (bare is required)")
     parser.add_argument("--data", type=Path, help="prepared shards (default: made in a temporary folder)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    if args.steps % 10 or args.warmup % 10 or args.warmup < 10:
-        parser.error("--steps and --warmup must be multiples of 10 (the recipe's logging_steps), --warmup >= 10")
+    args.loops = [name for name in LOOPS if name in args.loops.split(",")]
+    if "bare" not in args.loops:
+        parser.error("--loops must include bare: every figure is a ratio to it")
+    if not (args.warmup == 1 or args.warmup % 10 == 0) or (args.warmup + args.steps) % 10 or args.steps < 1:
+        parser.error("the timing runs from record to record: --warmup 1 or a multiple of 10 (the recipe's "
+                     "logging_steps), and --warmup + --steps a multiple of 10")  # fmt: skip
     return args
 
 
@@ -69,8 +75,6 @@ from scratchlm.data.shards import TokenShards  # noqa: E402
 from scratchlm.tokenization import load_tokenizer  # noqa: E402
 from scratchlm.train.config import PretrainConfig  # noqa: E402
 from scratchlm.train.loop import build_model, fit, prepare_data, setup  # noqa: E402
-
-LOOPS = ("scratchlm", "scratchlm_masked", "bare", "trainer")
 
 
 def recipe_config(data: Path, output_dir: Path, steps: int, masking: bool) -> PretrainConfig:
@@ -164,7 +168,7 @@ def run_bare(data: Path, work: Path, warmup: int, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 10 == 0 or step == 1:
+        if step % 10 == 0 or step == 1:  # the recipe's logging_steps
             losses[step] = loss.item()
             print(f"bare: step {step}, loss {losses[step]:.4f}", flush=True)
     seconds, cpu_s = time.perf_counter() - start, time.process_time() - start_cpu
@@ -188,7 +192,7 @@ def run_trainer(data: Path, work: Path, warmup: int, steps: int) -> dict:
         learning_rate=config.learning_rate, weight_decay=config.weight_decay, adam_beta1=config.adam_beta1,
         adam_beta2=config.adam_beta2, adam_epsilon=config.adam_epsilon, max_grad_norm=config.max_grad_norm,
         lr_scheduler_type="cosine", warmup_steps=config.warmup_steps, logging_steps=10, save_strategy="no",
-        report_to="none", use_cpu=True, seed=config.seed, dataloader_num_workers=0,
+        report_to="none", use_cpu=True, seed=config.seed, dataloader_num_workers=0, remove_unused_columns=False,
     )  # fmt: skip
     trainer = transformers.Trainer(
         model=fresh_model(data, config), args=arguments, train_dataset=rows, callbacks=[Clock()],
@@ -212,12 +216,66 @@ def run(name: str, data: Path, work: Path, warmup: int, steps: int) -> dict:
     return run_scratchlm(data, work, warmup, steps, masking=name == "scratchlm_masked")
 
 
+# --- the parts of a step ---------------------------------------------------------------------------
+
+
+def step_parts(data: Path, work: Path) -> dict:
+    """What fit() does beside the step's compute, each part timed alone on the loop's own objects (the best of
+    five repeats, in microseconds of wall time); and the chunked loss beside the plain one (logits, then
+    F.cross_entropy) on the model's shapes, forward and backward, in milliseconds of CPU time."""
+    from scratchlm.model.bitnet import bitnet_stats
+    from scratchlm.model.loss import lm_loss, plain_lm_loss
+    from scratchlm.train.optimizer import set_hyperparameters
+    from scratchlm.train.step import window_checksum
+
+    t = setup(recipe_config(data, work / "run-parts", 10, masking=False))
+    t.state.start_clock()
+    result = t.stepper.step(1, False, lambda: None)
+    t.state.advance(t.plan.tokens_per_step, 0.0)
+    batch = next(t.loader)
+
+    def record() -> None:  # what a step on a logging step adds (every 10th)
+        bitnet_stats(t.raw_model, result.first_inputs[:1])
+        t.meter.add(result.checksum)
+        line = t.meter.record(t.state, result, 1e-3, 0.1, t.schedule.phase(1), t.loader.epochs(), {})
+        t.log.metrics(line)
+        t.progress.update(line)
+
+    parts = {
+        "next(loader)": lambda: next(t.loader),
+        "window_checksum": lambda: window_checksum(batch["window_ids"]),
+        "schedule and set_hyperparameters": lambda: set_hyperparameters(
+            t.optimizer, t.schedule.lr(5), t.schedule.weight_decay_at(5), 5
+        ),
+        "state, meter, progress, spikes": lambda: (t.state.advance(0, 0.0), t.meter.add(0), t.progress.advance()),
+        "evaluator.maybe_run (none due)": lambda: t.evaluator.maybe_run(5, 0, False),
+        "checkpointer.maybe_save (none due)": lambda: t.checkpointer.maybe_save(5, False, False),
+        "record (bitnet_stats, meter, metrics.jsonl, bar)": record,
+    }
+    host_us = {name: round(min(timeit.repeat(part, number=20, repeat=5)) / 20 * 1e6, 1) for name, part in parts.items()}
+    head = t.raw_model.lm_head
+    t.close()
+    t.world.close()
+    torch.manual_seed(0)
+    hidden = torch.randn(8, 256, head.in_features, requires_grad=True)
+    labels = torch.randint(0, head.out_features, (8, 256))
+    losses = {"chunked (the loop's)": lm_loss, "plain": plain_lm_loss}
+    cpu_ms = {name: [] for name in losses}
+    for _ in range(5):
+        for name, loss in losses.items():
+            start = time.process_time()
+            for _ in range(3):
+                loss(hidden, head, labels).backward()
+            cpu_ms[name].append((time.process_time() - start) / 3 * 1e3)
+    return {"host_us": host_us, "loss_cpu_ms": {name: round(min(v), 1) for name, v in cpu_ms.items()}}
+
+
 # --- the measurement -----------------------------------------------------------------------------------
 
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    loops = [name for name in LOOPS if not (args.no_trainer and name == "trainer")]
+    loops = args.loops
     rounds = []
     with tempfile.TemporaryDirectory(prefix="loop_overhead_") as scratch:
         work = Path(scratch)
@@ -231,8 +289,9 @@ def main(args: argparse.Namespace) -> None:
                 print(f"loop_overhead: {name}: {figures[name]['tok_per_s']:,.0f} tok/s", flush=True)
             figures["load_after"] = os.getloadavg()
             rounds.append(figures)
+        parts = step_parts(data, work)
     medians = {name: statistics.median(r[name]["tok_per_s"] for r in rounds) for name in loops}
-    tokens = args.steps * 8 * 256
+    tokens = args.steps * 8 * 256  # the recipe's batch
     cpu_medians = {name: statistics.median(tokens / r[name]["cpu_s"] for r in rounds) for name in loops}
     result = {
         "command": " ".join(["python", *sys.argv]),
@@ -249,6 +308,7 @@ def main(args: argparse.Namespace) -> None:
         "median_tok_per_cpu_s": {name: round(value) for name, value in cpu_medians.items()},
         "vs_bare_cpu": {name: round(value / cpu_medians["bare"], 3) for name, value in cpu_medians.items()},
         "rounds": rounds,
+        "step_parts": parts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
