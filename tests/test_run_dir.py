@@ -101,6 +101,9 @@ def test_a_resume_drops_the_records_of_later_steps(tmp_path):
 
 def test_plan_and_records_are_read_through_the_run(tmp_path):
     run = RunDir(tmp_path / "r")
+    with pytest.raises(ScratchError, match="r: no such directory"):
+        run.read_plan()
+    run.path.mkdir()
     with pytest.raises(ScratchError, match="not a run directory"):
         run.read_plan()
     run.write_plan({"stage": "pretrain", "total_steps": 3})
