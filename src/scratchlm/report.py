@@ -29,7 +29,8 @@ PHASES = 4  # the diminishing-returns table splits a run at 1/8, 1/4, 1/2 of its
 def plot_loss(run_dir: str | Path) -> Path:
     """RUN_DIR/plots/loss.png: training and validation loss of one run."""
     run_dir = Path(run_dir)
-    RunDir(run_dir).read_plan()  # a path that is no run says so, not "no loss measured yet"
+    if not run_dir.is_dir():  # not "no loss measured yet" (a TRL run has no plan.json until it ends: no read_plan)
+        raise ScratchError(f"{run_dir}: no such directory")
     return plot_curves([run_dir], "loss", RunDir(run_dir).plots / "loss.png")
 
 
