@@ -6,8 +6,8 @@ The terms, in bytes, for one process:
   decoder matmul weight, cached by autocast through the forward (checkpointing or not) and saved for
   backward until that layer's backward; under FSDP2 the unsharded
   bf16 parameters: the root's (embeddings, head, final norm: FSDP2 never reshards the root after
-  forward) and two layers' in flight (the one computing and the one prefetched), or every layer's
-  with reshard_after_forward false;
+  forward), one layer's all-gather buffer in flight at the peak, and every layer's with
+  reshard_after_forward false;
 - gradients: fp32, for every parameter once any exists. Under FSDP2 a micro-batch without gradient
   sync (set_requires_gradient_sync(False)) keeps each parameter's UNSHARDED gradient, upcast to the
   reduce dtype (fp32), until the last micro-batch reduce-scatters it (torch's _fsdp_param.py
@@ -304,7 +304,10 @@ def estimate_memory(setup: TrainingSetup) -> MemoryEstimate:
     layers = setup.model.num_hidden_layers
     terms["weight_copies"] = 0
     if setup.sharded:
-        in_flight = layers if not setup.reshard_after_forward else min(2, layers)
+        # At the peak (the loss, or the backward's start) one layer's all-gather buffer is in flight, beside
+        # the gathered layers: every layer with reshard_after_forward false, none otherwise (the rehearsal's
+        # FSDPMemTracker counts them: train/rehearse.py).
+        in_flight = (layers if not setup.reshard_after_forward else 0) + min(1, layers)
         terms["weight_copies"] += dim.weight * (counts.root + in_flight * counts.layer)
     if autocast_copies(setup):
         terms["weight_copies"] += dim.compute * layers * counts.layer_matmul
