@@ -73,9 +73,9 @@ def test_the_rehearsal_runs_the_loops_micro_steps_without_then_with_gradient_syn
         "genesis-1b", 2, num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, vocab_size=512,
     )  # fmt: skip
+    config = replace(config, torch_compile=False)  # compiled, a first micro-step traces before the tracker starts
     report = rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
-    warm_up = [(True, (4, 2048), "FakeTensor")]  # the recipe compiles: dynamo traces before the tracker starts
-    assert calls == warm_up + [(False, (4, 2048), "FakeTensor"), (True, (4, 2048), "FakeTensor")]
+    assert calls == [(False, (4, 2048), "FakeTensor"), (True, (4, 2048), "FakeTensor")]
     assert report.phases[0].families["gradients"] > 0
 
 
