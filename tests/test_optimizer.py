@@ -230,7 +230,8 @@ def test_muon_updates_agree_on_one_process_ddp_and_fsdp2_with_and_without_compil
     DDP on 2, FSDP2 on 2 (sharded matrices, orthogonalised whole), FSDP2 on 2 compiled. About 80 s."""
     reference, one = launch_worker(tmp_path / "one", 1, ["plain"], accumulation=4)["plain"]
     torch.manual_seed(0)
-    initial = dict(ScratchForCausalLM(small_config(vocab_size=512, tie_word_embeddings=False)).named_parameters())
+    model = ScratchForCausalLM(small_config(vocab_size=512, tie_word_embeddings=False))
+    initial = {name: param.detach() for name, param in model.named_parameters()}
     for name, weight in reference.items():  # every parameter trained: the comparisons below compare updates
         assert (weight - initial[name]).norm() > 1e-3 * initial[name].norm(), name
     moved = reference["model.layers.0.mlp.up_proj.weight"] - initial["model.layers.0.mlp.up_proj.weight"]
