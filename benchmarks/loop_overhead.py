@@ -136,7 +136,9 @@ def run_scratchlm(data: Path, work: Path, warmup: int, steps: int, masking: bool
 
 def windows(data: Path, config: PretrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first `count` micro-batches the loop trains on (one process), as (input_ids, labels)."""
-    loader = WindowLoader(TokenShards(data), config.seq_len, config.per_device_train_batch_size, seed=config.seed)
+    loader = WindowLoader(
+        TokenShards(data), seq_len=config.seq_len, micro_batch=config.per_device_train_batch_size, seed=config.seed
+    )
     return [(b["input_ids"], b["labels"]) for b in (next(loader) for _ in range(count))]
 
 
@@ -232,20 +234,20 @@ def step_parts(data: Path, work: Path) -> dict:
     t.state.start_clock()
     result = t.stepper.step(1, False, lambda: None)
     t.state.advance(t.plan.tokens_per_step, 0.0)
-    batch = next(t.loader)
+    batch = next(t.stepper.loader)
 
     def record() -> None:  # what a step on a logging step adds (every 10th)
         bitnet_stats(t.raw_model, result.first_inputs[:1])
         t.meter.add(result.checksum)
-        line = t.meter.record(t.state, result, 1e-3, 0.1, t.schedule.phase(1), t.loader.epochs(), {})
+        line = t.meter.record(t.state, result, 1e-3, 0.1, t.schedule.phase(1), t.stepper.loader.epochs(), {})
         t.log.metrics(line)
         t.progress.update(line)
 
     parts = {
-        "next(loader)": lambda: next(t.loader),
+        "next(loader)": lambda: next(t.stepper.loader),
         "window_checksum": lambda: window_checksum(batch["window_ids"]),
         "schedule and set_hyperparameters": lambda: set_hyperparameters(
-            t.optimizer, t.schedule.lr(5), t.schedule.weight_decay_at(5), 5
+            t.stepper.optimizer, t.schedule.lr(5), t.schedule.weight_decay_at(5), 5
         ),
         "state, meter, progress, spikes": lambda: (t.state.advance(0, 0.0), t.meter.add(0), t.progress.advance()),
         "evaluator.maybe_run (none due)": lambda: t.evaluator.maybe_run(5, 0, False),
@@ -253,6 +255,7 @@ def step_parts(data: Path, work: Path) -> dict:
         "record (bitnet_stats, meter, metrics.jsonl, bar)": record,
     }
     host_us = {name: round(min(timeit.repeat(part, number=20, repeat=5)) / 20 * 1e6, 1) for name, part in parts.items()}
+    step_cpu_s = one_thread_steps(t, data)
     head = t.raw_model.lm_head
     t.close()
     t.world.close()
@@ -267,7 +270,39 @@ def step_parts(data: Path, work: Path) -> dict:
             for _ in range(3):
                 loss(hidden, head, labels).backward()
             cpu_ms[name].append((time.process_time() - start) / 3 * 1e3)
-    return {"host_us": host_us, "loss_cpu_ms": {name: round(min(v), 1) for name, v in cpu_ms.items()}}
+    return {"host_us": host_us, "loss_cpu_ms": {name: round(min(v), 1) for name, v in cpu_ms.items()},
+            "step_cpu_s_one_thread": step_cpu_s}  # fmt: skip
+
+
+def one_thread_steps(t, data: Path) -> dict:
+    """The loop's Stepper.step beside the bare step, interleaved, in CPU seconds per step on one thread: CPU
+    time on one thread is what a busy host's scheduling moves least (two threads spin while they wait)."""
+    config, threads = t.config, torch.get_num_threads()
+    torch.set_num_threads(1)
+    batches = windows(data, config, 3)
+    model = fresh_model(data, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    model.train(), t.stepper.model.train()
+
+    def bare(index: int) -> None:
+        inputs, labels = batches[index]
+        plain_loss(model(input_ids=inputs).logits, labels).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    loops = {"scratchlm": lambda index: t.stepper.step(index + 2, False, lambda: None), "bare": bare}
+    seconds = {name: [] for name in loops}
+    for repeat in range(5):
+        for name, step in loops.items() if repeat % 2 == 0 else reversed(loops.items()):
+            start = time.process_time()
+            for index in range(2):
+                step(index)
+            seconds[name].append((time.process_time() - start) / 2)
+    torch.set_num_threads(threads)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {**{name: round(value, 3) for name, value in medians.items()},
+            "ratio": round(medians["scratchlm"] / medians["bare"], 3)}  # fmt: skip
 
 
 # --- the measurement -----------------------------------------------------------------------------------
