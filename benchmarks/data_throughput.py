@@ -82,7 +82,7 @@ def main() -> None:
             "tokens_per_s": round(tokens / manifest["seconds"]),
         }
 
-    loader = WindowLoader(TokenShards(work / "shards-1"), SEQ_LEN, MICRO_BATCH)
+    loader = WindowLoader(TokenShards(work / "shards-1"), seq_len=SEQ_LEN, micro_batch=MICRO_BATCH)
     batches = 2000
     seconds = median_seconds(lambda: [next(loader) for _ in range(batches)], repeats=3)
     loader_tps = batches * MICRO_BATCH * SEQ_LEN / seconds

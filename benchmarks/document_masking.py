@@ -46,7 +46,7 @@ def time_steps(masking: bool, steps: int) -> float:
     model.config._attn_implementation = "sdpa"
     config = PretrainConfig(output_dir="unused", model_preset="tiny", data_dir="unused", max_steps=steps,
                             document_masking=masking)  # fmt: skip
-    world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False)
+    world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False, bf16=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     stepper = Stepper(
         model=model,
@@ -54,7 +54,6 @@ def time_steps(masking: bool, steps: int) -> float:
         loader=windows(steps + 1),
         accumulation=1,
         world=world,
-        bf16=False,
         config=config,
     )
     stepper.step(0, False, lambda: None)  # warm-up

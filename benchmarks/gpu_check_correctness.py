@@ -347,8 +347,8 @@ class Masking:
             gradient_checkpointing=checkpointing, torch_compile=compiled,
             torch_compile_backend=self.compile_backend,
         )  # fmt: skip
-        world = World(rank=0, size=1, local_rank=0, device=self.device, fsdp=False)
-        trained = wrap_model(model, world, config, bf16=False)
+        world = World(rank=0, size=1, local_rank=0, device=self.device, fsdp=False, bf16=False)
+        trained = wrap_model(model, world, config)
         captured = []
 
         def loss_keeping_logits(hidden, head, labels):
@@ -363,7 +363,6 @@ class Masking:
             loader=iter([self.batch()]),
             accumulation=1,
             world=world,
-            bf16=False,
             config=config,
             loss_fn=loss_keeping_logits,
         )

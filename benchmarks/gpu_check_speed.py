@@ -67,7 +67,9 @@ def main() -> None:
     # Each part after the loop's own figures is tried on its own: a failure is its figure, not the process's.
     result["profile"] = attempt(profile_one_step, t)
     save()
-    first_batch = next(WindowLoader(TokenShards(t.config.data_dir), t.plan.seq_len, t.plan.micro_batch))
+    first_batch = next(
+        WindowLoader(TokenShards(t.config.data_dir), seq_len=t.plan.seq_len, micro_batch=t.plan.micro_batch)
+    )
     bare_inputs = {
         "model_config": t.model_config,
         "micro_batch": t.plan.micro_batch,
@@ -180,9 +182,8 @@ def rehearsal_setup(t):
     lm = inspect.unwrap(t.stepper.loss_fn).__name__ == "lm_loss"
     loss = ("liger" if liger_loss(t.world.device) else "chunked") if lm else "plain"
     return setup_for_run(
-        t.config, t.model_config, t.plan, bf16=t.world.bf16, sharded=t.world.fsdp, loss=loss,
-        attention=t.model_config._attn_implementation,
-    )  # fmt: skip
+        t.config, t.model_config, t.plan, t.world, loss=loss, attention=t.model_config._attn_implementation
+    )
 
 
 def rehearsed_memory(config, model_config, plan, run_setup) -> dict:

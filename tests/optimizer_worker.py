@@ -37,11 +37,11 @@ def train(world: World, out: Path, label: str, options: dict) -> None:
     model = ScratchForCausalLM(small_config(vocab_size=VOCAB, tie_word_embeddings=False))
     model.config._attn_implementation = "sdpa"
     # What `accelerate launch` with `distributed_type: FSDP`, fsdp_version 2, makes start_world report.
-    wrapped = wrap_model(model, dataclasses.replace(world, fsdp=label.startswith("fsdp2")), config, config.bf16)
+    wrapped = wrap_model(model, dataclasses.replace(world, fsdp=label.startswith("fsdp2")), config)
     optimizer = build_optimizer(unwrapped(wrapped), config)
     accumulation, steps = int(options["accumulation"]), int(options["steps"])
     stepper = Stepper(model=wrapped, optimizer=optimizer, loader=batches(world, accumulation, steps),
-                      accumulation=accumulation, world=world, bf16=False, config=config)  # fmt: skip
+                      accumulation=accumulation, world=world, config=config)  # fmt: skip
     losses = []
     for step in range(steps):  # the lr rises and Muon's momentum warms up: the schedule reaches every group
         set_hyperparameters(optimizer, lr=1e-3 * (step + 1) / steps, weight_decay=0.1, step=step * 100)
@@ -60,7 +60,7 @@ def main() -> None:
     out, labels = Path(sys.argv[1]), sys.argv[2].split(",")
     options = {"optimizer": "muon", "steps": "4", "accumulation": "2"}
     options.update(arg.split("=", 1) for arg in sys.argv[3:])
-    world = start_world()
+    world = start_world(bf16=False)  # as the config: the updates compare in fp32
     if any(label.startswith("fsdp2") for label in labels) and not torch.distributed.is_initialized():
         raise SystemExit("fsdp2 runs need torchrun's process group")
     for label in labels:

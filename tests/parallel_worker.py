@@ -85,17 +85,17 @@ def main() -> None:
     options.update(arg.split("=", 1) for arg in sys.argv[3:])
     if options["fsdp"] == "1":  # what `accelerate launch` sets for `distributed_type: FSDP`, fsdp_version 2
         os.environ.update({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
-    world = start_world()
-    stats = counting_backend()
     config = PretrainConfig(
         output_dir=str(out), model_preset="tiny", data_dir="unused", max_steps=1, max_grad_norm=0.0,
         torch_compile=options["compile"] == "1", torch_compile_backend="counting",
         reduce_dtype=options["reduce_dtype"], bf16=options["bf16"] == "1",
     )  # fmt: skip
+    world = start_world(bf16=config.bf16)  # as the loop starts it
+    stats = counting_backend()
     torch.manual_seed(0)
     model = ScratchForCausalLM(small_config(vocab_size=VOCAB, num_hidden_layers=int(options["layers"])))
     model.config._attn_implementation = "sdpa"
-    wrapped = wrap_model(model, world, config, config.bf16)
+    wrapped = wrap_model(model, world, config)
     accumulation, steps = int(options["accumulation"]), int(options["steps"])
     loader = batches(world, accumulation, steps)
     if mode == "grads":
@@ -106,7 +106,6 @@ def main() -> None:
             loader=loader,
             accumulation=accumulation,
             world=world,
-            bf16=config.bf16,
             config=config,
         ).step(1, False, lambda: None)
         if world.main:
@@ -121,7 +120,6 @@ def main() -> None:
             loader=loader,
             accumulation=accumulation,
             world=world,
-            bf16=config.bf16,
             config=config,
         )
         record = {"losses": [], "calls": [], "graphs": [], "recompiles": []}

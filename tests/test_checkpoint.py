@@ -20,7 +20,7 @@ from scratchlm.train.plan import plan_run
 from scratchlm.train.schedule import Schedule
 from scratchlm.train.state import TrainState
 
-WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False)
+WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False, bf16=False)
 
 
 class Counter:

@@ -51,15 +51,15 @@ def step(policy: str, fsdp: bool, compiled: bool):
         gradient_checkpointing=policy != "none", gradient_checkpointing_policy="full" if policy == "none" else policy,
         torch_compile=compiled, torch_compile_backend="recording",
     )  # fmt: skip
-    world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=fsdp)
-    wrapped = wrap_model(model, world, config, bf16=False)
+    world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=fsdp, bf16=False)
+    wrapped = wrap_model(model, world, config)
     optimizer = torch.optim.SGD(unwrapped(wrapped).parameters(), lr=0.0)
     grads = {}
     optimizer.step = lambda: grads.update(  # what the step hands the optimizer, before zero_grad
         {n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad.clone()
          for n, p in unwrapped(wrapped).named_parameters()})  # fmt: skip
     stepper = Stepper(model=wrapped, optimizer=optimizer, loader=iter([batch()]), accumulation=1, world=world,
-                      bf16=False, config=config)  # fmt: skip
+                      config=config)  # fmt: skip
     result = stepper.step(1, False, lambda: None)
     return result.loss, grads
 

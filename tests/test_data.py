@@ -220,11 +220,11 @@ def take(loader, steps):
 
 def test_resume_yields_exactly_the_uninterrupted_batches(shards_dir):
     shards = TokenShards(shards_dir)
-    straight = take(WindowLoader(shards, 64, 4, seed=3), 40)
-    first = WindowLoader(shards, 64, 4, seed=3)
+    straight = take(WindowLoader(shards, seq_len=64, micro_batch=4, seed=3), 40)
+    first = WindowLoader(shards, seq_len=64, micro_batch=4, seed=3)
     take(first, 17)
     state = json.loads(json.dumps(first.state_dict()))  # as saved in a checkpoint
-    resumed = WindowLoader(shards, 64, 4, seed=3)
+    resumed = WindowLoader(shards, seq_len=64, micro_batch=4, seed=3)
     resumed.load_state_dict(state)
     for expected, got in zip(straight[17:], take(resumed, 23), strict=True):
         for key in expected:
@@ -236,11 +236,13 @@ def test_ranks_read_disjoint_windows_and_together_the_single_process_stream(shar
     shards = TokenShards(shards_dir)
     steps, micro = 30, 4
     single = [
-        tuple(w) for b in take(WindowLoader(shards, 64, micro * world_size), steps) for w in b["window_ids"].tolist()
+        tuple(w)
+        for b in take(WindowLoader(shards, seq_len=64, micro_batch=micro * world_size), steps)
+        for w in b["window_ids"].tolist()
     ]
     per_rank = []
     for rank in range(world_size):
-        loader = WindowLoader(shards, 64, micro, rank=rank, world_size=world_size)
+        loader = WindowLoader(shards, seq_len=64, micro_batch=micro, rank=rank, world_size=world_size)
         per_rank.append([tuple(w) for b in take(loader, steps) for w in b["window_ids"].tolist()])
     seen = [w for rank in per_rank for w in rank]
     assert len(seen) == len(set(seen)) == steps * micro * world_size  # no window twice, across ranks
@@ -249,10 +251,12 @@ def test_ranks_read_disjoint_windows_and_together_the_single_process_stream(shar
 
 def test_a_different_world_size_continues_the_same_global_stream(shards_dir):
     shards = TokenShards(shards_dir)
-    reference = [tuple(w) for b in take(WindowLoader(shards, 64, 8), 10) for w in b["window_ids"].tolist()]
-    before = WindowLoader(shards, 64, 4, rank=0, world_size=2)
+    reference = [
+        tuple(w) for b in take(WindowLoader(shards, seq_len=64, micro_batch=8), 10) for w in b["window_ids"].tolist()
+    ]
+    before = WindowLoader(shards, seq_len=64, micro_batch=4, rank=0, world_size=2)
     take(before, 3)  # 24 samples by 2 ranks
-    after = [WindowLoader(shards, 64, 2, rank=r, world_size=4) for r in range(4)]
+    after = [WindowLoader(shards, seq_len=64, micro_batch=2, rank=r, world_size=4) for r in range(4)]
     for loader in after:
         loader.load_state_dict(before.state_dict())
     resumed = []
@@ -263,7 +267,7 @@ def test_a_different_world_size_continues_the_same_global_stream(shards_dir):
 
 
 def test_mixture_weights_are_honoured(shards_dir):
-    loader = WindowLoader(TokenShards(shards_dir), 32, 1000)
+    loader = WindowLoader(TokenShards(shards_dir), seq_len=32, micro_batch=1000)
     sources = np.concatenate([b["window_ids"][:, 0].numpy() for b in take(loader, BLOCK * 3 // 1000)])
     assert np.bincount(sources).tolist() == [18000, 9000, 3000]  # exact every BLOCK samples
     partial = np.bincount(sources[:12345], minlength=3) / 12345
@@ -272,7 +276,7 @@ def test_mixture_weights_are_honoured(shards_dir):
 
 def test_epochs_wrap_without_repeating_inside_one(shards_dir):
     shards = TokenShards(shards_dir)
-    loader = WindowLoader(shards, 512, 500)
+    loader = WindowLoader(shards, seq_len=512, micro_batch=500)
     chat = int(loader.windows[2])
     batches = take(loader, int(1.5 * chat / 0.1 / 500))  # chat, 10% of samples, drawn 1.5 times over
     drawn = [w for b in batches for s, w in b["window_ids"].tolist() if s == 2]
@@ -285,14 +289,14 @@ def test_epochs_wrap_without_repeating_inside_one(shards_dir):
 @pytest.mark.parametrize("change, message", [({"seed": 1}, "seed was 0, now 1"), ({"seq_len": 32}, "seq_len was 64")])
 def test_resume_with_changed_settings_is_refused(shards_dir, change, message):
     shards = TokenShards(shards_dir)
-    state = WindowLoader(shards, 64, 4).state_dict()
+    state = WindowLoader(shards, seq_len=64, micro_batch=4).state_dict()
     with pytest.raises(ScratchError, match=message):
         WindowLoader(shards, **{"seq_len": 64, "micro_batch": 4, **change}).load_state_dict(state)
 
 
 def test_windows_hold_next_token_targets_and_document_positions(shards_dir):
     shards = TokenShards(shards_dir)
-    batch = next(WindowLoader(shards, 64, 8))
+    batch = next(WindowLoader(shards, seq_len=64, micro_batch=8))
     assert np.array_equal(batch["input_ids"][:, 1:], batch["labels"][:, :-1])
     ids, positions = batch["input_ids"].numpy(), batch["position_ids"].numpy()
     assert (positions[ids == shards.bos_id] == 0).all() and (positions[:, 0] == 0).all()

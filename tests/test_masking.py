@@ -16,7 +16,7 @@ from scratchlm.train.config import PretrainConfig
 from scratchlm.train.parallel import World, wrap_model
 from scratchlm.train.step import Stepper
 
-WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False)
+WORLD = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), fsdp=False, bf16=False)
 BOS = 0
 TOLERANCE = 1e-4  # fp32; equal up to the order of floating-point sums
 
@@ -82,7 +82,7 @@ def test_the_training_step_keeps_packed_documents_apart(attn, checkpointing, com
         output_dir="unused", model_preset="tiny", data_dir="unused", max_steps=1, per_device_train_batch_size=2,
         gradient_checkpointing=checkpointing, torch_compile=compiled,
     )  # fmt: skip
-    trained = wrap_model(model, WORLD, config, bf16=False)
+    trained = wrap_model(model, WORLD, config)
     reference = model_with(attn)  # the same weights, never wrapped
     captured = []
 
@@ -98,7 +98,6 @@ def test_the_training_step_keeps_packed_documents_apart(attn, checkpointing, com
         loader=iter([packed_batch()]),
         accumulation=1,
         world=WORLD,
-        bf16=False,
         config=config,
         loss_fn=loss_keeping_logits,
     )

@@ -27,7 +27,14 @@ BLOCK = 10_000
 
 class WindowLoader:
     def __init__(
-        self, shards: TokenShards, seq_len: int, micro_batch: int, rank: int = 0, world_size: int = 1, seed: int = 0
+        self,
+        shards: TokenShards,
+        *,
+        seq_len: int,  # tokens per window (each window reads seq_len + 1 for its labels)
+        micro_batch: int,  # windows per batch on this rank
+        rank: int = 0,  # this rank among `world_size` processes, which draw disjoint windows
+        world_size: int = 1,
+        seed: int = 0,
     ):
         self.shards, self.seq_len, self.micro_batch = shards, seq_len, micro_batch
         self.rank, self.world_size, self.seed = rank, world_size, seed

@@ -238,7 +238,7 @@ def score(model, sequences: list[Sequence], batch_size: int) -> dict[int, tuple[
     return results
 
 
-def task_sequences(tokenizer, task: Task, items: list[dict], max_len: int, rank: int = 0, world: int = 1):
+def task_sequences(tokenizer, task: Task, items: list[dict], max_len: int, rank: int = 0, world_size: int = 1):
     """The scored sequences of this rank's items, BOS first."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
@@ -246,15 +246,15 @@ def task_sequences(tokenizer, task: Task, items: list[dict], max_len: int, rank:
         return [bos] + tokenizer.encode(text, add_special_tokens=False)
 
     sequences = []
-    for idx in range(rank, len(items), world):
+    for idx in range(rank, len(items), world_size):
         prompts = render(task.kind, items[idx], fewshot_examples(items, idx, task.num_fewshot), task.delimiter)
         sequences += item_sequences(task.kind, prompts, encode, idx, max_len)
     return sequences
 
 
-def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int, rank: int = 0, world: int = 1):
+def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int, rank: int = 0, world_size: int = 1):
     """{item index: [(mean continuation loss, argmax reproduces it) per option]} for this rank's items."""
-    sequences = task_sequences(tokenizer, task, items, model.config.max_position_embeddings, rank, world)
+    sequences = task_sequences(tokenizer, task, items, model.config.max_position_embeddings, rank, world_size)
     scores = score(model, sequences, batch_size)
     by_item: dict[int, list[tuple[float, bool]]] = {}
     for index, s in enumerate(sequences):
@@ -265,9 +265,9 @@ def item_scores(model, tokenizer, task: Task, items: list[dict], batch_size: int
 def evaluate_task(model, tokenizer, task: Task, max_per_task: int | None, batch_size: int, split: bool) -> float:
     items = sample_items(task, max_per_task)
     split = split and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if split else (0, 1)
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if split else (0, 1)
     correct = torch.zeros(2, dtype=torch.float64, device=next(model.parameters()).device)
-    for idx, options in item_scores(model, tokenizer, task, items, batch_size, rank, world).items():
+    for idx, options in item_scores(model, tokenizer, task, items, batch_size, rank, world_size).items():
         if task.kind == "language_modeling":
             correct[0] += options[0][1]
         else:

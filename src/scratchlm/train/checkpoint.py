@@ -265,11 +265,11 @@ def _write(tmp: Path, rank: int, model, optimizer, trainer_state, model_config, 
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
     _barrier()
     # Every rank hashes a share of the files (all of them on rank 0's disk: a shared filesystem).
-    world = dist.get_world_size() if distributed else 1
+    world_size = dist.get_world_size() if distributed else 1
     names = checkpoint_files(tmp)
-    digests = {name: file_digest(tmp / name) for name in names[rank::world]}
+    digests = {name: file_digest(tmp / name) for name in names[rank::world_size]}
     if distributed:
-        gathered = [None] * world
+        gathered = [None] * world_size
         dist.all_gather_object(gathered, digests)
         digests = {k: v for part in gathered for k, v in part.items()}
     if rank == 0:

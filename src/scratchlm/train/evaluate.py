@@ -60,7 +60,7 @@ class Evaluator:
         return bool(self.config.sample_steps) and (step % self.config.sample_steps == 0 or done)
 
     def evaluating(self) -> contextlib.ExitStack:
-        return evaluating(self.world, self.world.bf16)
+        return evaluating(self.world)
 
     def maybe_run(self, step: int, tokens: int, done: bool) -> None:
         with self.evaluating():
@@ -109,10 +109,10 @@ class Evaluator:
         self.log.samples(records)
 
 
-def evaluating(world, bf16: bool) -> contextlib.ExitStack:
+def evaluating(world: World) -> contextlib.ExitStack:
     """How every evaluation runs: under the loop's autocast, eager even when the blocks are compiled (each
     evaluation's shapes would recompile the decoder layer past torch's limit). The rehearsal runs them so too."""
     stack = contextlib.ExitStack()
-    stack.enter_context(autocast(world, bf16))
+    stack.enter_context(autocast(world))
     stack.enter_context(torch.compiler.set_stance("force_eager"))
     return stack

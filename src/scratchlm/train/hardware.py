@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .keeper import launcher_pid
+from .parallel import World
 
 
 def prepare_environment() -> None:
@@ -90,7 +91,7 @@ def peer_access() -> dict[tuple[int, int], bool]:
     return claimed
 
 
-def check_first_collective(world, timeout_s: float = 60.0) -> None:
+def check_first_collective(world: World, timeout_s: float = 60.0) -> None:
     """One all-reduce before the first step, under a short timeout: NCCL over a broken peer path hangs or sums
     wrongly, and it is better to hear it now, with the setting that avoids it, than to find a hung job later."""
     import torch.distributed as dist

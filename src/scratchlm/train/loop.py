@@ -64,16 +64,13 @@ class Training:
     world: World
     run: RunDir
     lock: RunLock
-    model: torch.nn.Module  # what the step calls (DDP-wrapped under DDP)
     model_config: ScratchConfig
     tokenizer: PreTrainedTokenizerBase
-    optimizer: torch.optim.Optimizer
-    loader: WindowLoader
     plan: Plan
     schedule: Schedule
     state: TrainState
     checkpointer: Checkpointer
-    stepper: Stepper
+    stepper: Stepper  # holds the model it calls (DDP-wrapped under DDP), the optimizer and the loader
     evaluator: Evaluator
     meter: Meter
     log: RunLog
@@ -81,7 +78,7 @@ class Training:
 
     @property
     def raw_model(self) -> torch.nn.Module:
-        return unwrapped(self.model)
+        return unwrapped(self.stepper.model)
 
     def close(self) -> None:
         self.progress.close()
@@ -109,12 +106,12 @@ def fit(t: Training) -> None:
     spikes = SpikeDetector(t.config.spike_factor)
     usd_per_hour = t.config.usd_per_gpu_hour * t.world.size
     t.state.start_clock()
-    t.model.train()
+    t.stepper.model.train()
     with StopRequest() as stop:
         while not t.state.done:
             step = t.state.step
             lr, weight_decay = t.schedule.lr(step), t.schedule.weight_decay_at(step)
-            set_hyperparameters(t.optimizer, lr, weight_decay, step)
+            set_hyperparameters(t.stepper.optimizer, lr, weight_decay, step)
             result = t.stepper.step(step + 1, lambda: stop.requested is not None, t.checkpointer.latest)
             t.state.advance(t.plan.tokens_per_step, usd_per_hour)
             t.state.skipped_steps += result.skipped
@@ -125,7 +122,7 @@ def fit(t: Training) -> None:
             if step % t.config.logging_steps == 0 or step == 1 or done:
                 extra = bitnet_stats(t.raw_model, result.first_inputs[:1])  # {} unless the model is BitNet
                 phase = t.schedule.phase(step - 1)
-                record = t.meter.record(t.state, result, lr, weight_decay, phase, t.loader.epochs(), extra)
+                record = t.meter.record(t.state, result, lr, weight_decay, phase, t.stepper.loader.epochs(), extra)
                 t.log.metrics(record)
                 t.progress.update(record)
             stopping = step == t.config.stop_at_step or result.stop_requested
@@ -215,9 +212,10 @@ def setup(config: PretrainConfig) -> Training:
     plan, stats = plan_run(config, model_config, world.size)
     if world.device.type == "cuda":
         check_memory(config, model_config, plan, world)
-    model = wrap_model(model, world, config, world.bf16)
+    model = wrap_model(model, world, config)
     optimizer = build_optimizer(unwrapped(model), config)  # after sharding: FSDP2 replaces the parameters
-    loader = WindowLoader(shards, plan.seq_len, plan.micro_batch, world.rank, world.size, config.seed)
+    loader = WindowLoader(shards, seq_len=plan.seq_len, micro_batch=plan.micro_batch, rank=world.rank,
+                          world_size=world.size, seed=config.seed)  # fmt: skip
     state = TrainState(total_steps=plan.steps)
     states = {"train_state": state, "loader": loader}  # what a checkpoint holds beside weights and moments
     if resume_from is not None:
@@ -247,10 +245,10 @@ def setup(config: PretrainConfig) -> Training:
     if resume_from is not None:
         evaluator.catch_up(state.step, state.tokens, state.done, run.metrics() + run.samples() if world.main else [])
     return Training(
-        config=config, world=world, run=run, lock=lock, model=model, model_config=model_config, tokenizer=tokenizer,
-        optimizer=optimizer, loader=loader, plan=plan, schedule=schedule, state=state, checkpointer=checkpointer,
+        config=config, world=world, run=run, lock=lock, model_config=model_config, tokenizer=tokenizer, plan=plan,
+        schedule=schedule, state=state, checkpointer=checkpointer,
         stepper=Stepper(model=model, optimizer=optimizer, loader=loader, accumulation=plan.accumulation, world=world,
-                        bf16=world.bf16, config=config),
+                        config=config),
         evaluator=evaluator, log=log, progress=progress,
         meter=Meter(tokens_per_step=plan.tokens_per_step, flops_per_token=plan.flops_per_token, world=world,
                     peak_flops=peak_flops(config, world)),
@@ -306,8 +304,7 @@ def check_memory(config: PretrainConfig, model_config: ScratchConfig, plan: Plan
     is refused now, with settings of the same tokens per step that would (train/memory.py)."""
     device = torch.cuda.get_device_properties(world.device)
     loss = "liger" if liger_loss(world.device) else "chunked"
-    setup = setup_for_run(config, model_config, plan, bf16=world.bf16, sharded=world.fsdp,
-                          attention=model_config._attn_implementation, loss=loss)  # fmt: skip
+    setup = setup_for_run(config, model_config, plan, world, attention=model_config._attn_implementation, loss=loss)
     estimate = check_fits(setup, device.total_memory, device.name, tokens_per_step=bool(config.tokens_per_step))
     print_main(world, describe_estimate(estimate, device.total_memory, f" ({device.name})"))
 

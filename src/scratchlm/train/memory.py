@@ -30,6 +30,7 @@ measure the real thing, against which these formulas are checked, are in measure
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -40,6 +41,9 @@ from ..model.attention import choose as choose_attention
 from ..model.configuration_scratch import ScratchConfig
 from ..model.loss import default_chunk_tokens
 from .optimizer import state_bytes, step_transient_bytes
+
+if TYPE_CHECKING:
+    from .parallel import World
 
 GIB = 2**30
 # Not seen by torch's allocator, so not in max_memory_allocated: the CUDA context with cuBLAS/cuDNN
@@ -393,11 +397,13 @@ def check_fits(setup: TrainingSetup, capacity: int, device: str, tokens_per_step
     )
 
 
-def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None = None, **overrides) -> TrainingSetup:
-    """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world
-    size: multi-GPU runs are FSDP2-sharded, one GPU is not (the loop passes sharded=world.fsdp).
-    bf16 None: the config's, on unless false (the planner plans for a GPU); the attention is the one the
-    loop gives that run on a GPU (model/attention.py)."""
+def setup_for_run(
+    config, model_config: ScratchConfig, plan, world: "World | None" = None, **overrides
+) -> TrainingSetup:
+    """The setup of a pretraining config (PretrainConfig) whose batch `plan` resolved for its world size.
+    The loop passes its `world`, which decided bf16 and sharding; without one (the planner, for a GPU) bf16 is
+    on unless the config turns it off, and multi-GPU runs are FSDP2-sharded, one GPU is not. The attention is
+    the one the loop gives that run on a GPU (model/attention.py)."""
     from .parallel import fsdp_reshard_after_forward
 
     values = dict(
@@ -406,13 +412,13 @@ def setup_for_run(config, model_config: ScratchConfig, plan, bf16: bool | None =
         micro_batch=plan.micro_batch,
         accumulation=plan.accumulation,
         world_size=plan.world_size,
-        sharded=plan.world_size > 1,
+        sharded=world.fsdp if world else plan.world_size > 1,
         reshard_after_forward=fsdp_reshard_after_forward(config.reshard_after_forward),
         reduce_dtype=config.reduce_dtype,
         # Selective checkpointing is estimated as none: it keeps more than full and less than none.
         gradient_checkpointing=config.gradient_checkpointing and config.gradient_checkpointing_policy == "full",
         compile=config.torch_compile,
-        bf16=config.bf16 is not False if bf16 is None else bf16,
+        bf16=world.bf16 if world else config.bf16 is not False,
         attention=choose_attention(config.attn_implementation, config.document_masking, gpu=True),
         document_masking=config.document_masking,
         optimizer=config.optimizer,

@@ -39,7 +39,7 @@ class World:
     local_rank: int
     device: torch.device
     fsdp: bool  # the launcher asked for FSDP (accelerate config distributed_type: FSDP)
-    bf16: bool = False  # bf16 mixed precision: autocast, or FSDP2's bf16 parameters (decided in start_world)
+    bf16: bool  # bf16 mixed precision: autocast, or FSDP2's bf16 parameters (decided once, in start_world)
 
     @property
     def main(self) -> bool:
@@ -106,7 +106,7 @@ def fsdp_reshard_after_forward(recipe_value: bool | None) -> bool:
     return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
 
 
-def wrap_model(model: nn.Module, world: World, config, bf16: bool, mesh=None) -> nn.Module:
+def wrap_model(model: nn.Module, world: World, config, mesh=None) -> nn.Module:
     """Checkpointing, compile and sharding applied in that order; returns the module to call for training.
     Under FSDP2 that is `model` itself (sharded in place), under DDP a wrapper around it. `mesh`: the
     DeviceMesh to shard over (default: FSDP2's own over the process group; the rehearsal passes one built
@@ -128,7 +128,7 @@ def wrap_model(model: nn.Module, world: World, config, bf16: bool, mesh=None) ->
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
         policy = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=DTYPES[config.reduce_dtype]
+            param_dtype=torch.bfloat16 if world.bf16 else None, reduce_dtype=DTYPES[config.reduce_dtype]
         )
         reshard = fsdp_reshard_after_forward(config.reshard_after_forward)
         for layer in model.model.layers:
@@ -179,9 +179,9 @@ def gradient_sync(model: nn.Module, enabled: bool):
     return contextlib.nullcontext()
 
 
-def autocast(world: World, bf16: bool):
+def autocast(world: World):
     """bf16 autocast on one device or under DDP; under FSDP2 the mixed-precision policy casts instead."""
-    if not bf16 or world.fsdp:
+    if not world.bf16 or world.fsdp:
         return contextlib.nullcontext()
     return torch.autocast(world.device.type, dtype=torch.bfloat16)
 

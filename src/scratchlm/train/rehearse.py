@@ -86,9 +86,10 @@ class RehearsalReport:
 
 
 @contextlib.contextmanager
-def fake_world(size: int):
-    """A World of `size` processes on a fake process group, and its device mesh (built before fake mode:
-    the mesh code reads tensor values). Rank 0 stands for every rank: FSDP2 shards evenly."""
+def fake_world(size: int, bf16: bool):
+    """A World of `size` processes on a fake process group, computing in bf16 or not, and its device mesh
+    (built before fake mode: the mesh code reads tensor values). Rank 0 stands for every rank: FSDP2 shards
+    evenly."""
     from torch.distributed.device_mesh import init_device_mesh
 
     if dist.is_initialized():
@@ -99,7 +100,7 @@ def fake_world(size: int):
         dist.init_process_group("fake", store=dist.HashStore(), rank=0, world_size=size)
         mesh = init_device_mesh("cpu", (size,))
     try:
-        yield World(rank=0, size=size, local_rank=0, device=torch.device("cpu"), fsdp=sharded), mesh
+        yield World(rank=0, size=size, local_rank=0, device=torch.device("cpu"), fsdp=sharded, bf16=bf16), mesh
     finally:
         if sharded:
             dist.destroy_process_group()
@@ -278,7 +279,7 @@ def evaluation_phase(name: str, model, optimizer, sharded: bool, forward) -> Pha
     return Phase(name, *peak_of(tracker))
 
 
-def evaluation_forwards(model, world: World, bf16: bool, plan, sample_tokens: int) -> dict:
+def evaluation_forwards(model, world: World, plan, sample_tokens: int) -> dict:
     """Each evaluation's forward at its own shapes, under the loop's autocast (train/evaluate.py)."""
     from ..eval.bpb import token_nats
 
@@ -286,25 +287,25 @@ def evaluation_forwards(model, world: World, bf16: bool, plan, sample_tokens: in
 
     def validation(between):
         batch = training_batch(plan.micro_batch, plan.seq_len, vocab, device)
-        with evaluating(world, bf16):
+        with evaluating(world):
             token_nats(model, batch["input_ids"], batch["labels"], batch["position_ids"])
 
     def sampling(between):  # generate: the whole length in the cache, then one more token
         ids = torch.randint(0, vocab, (1, sample_tokens), device=device)
-        with evaluating(world, bf16):
+        with evaluating(world):
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             between()
             model(input_ids=ids[:, -1:], cache=out.cache, use_cache=True)
 
     def probes(between):
         ids = torch.randint(0, vocab, (PROBE_BATCH, PROBE_TOKENS), device=device)
-        with evaluating(world, bf16):
+        with evaluating(world):
             model(input_ids=ids, use_cache=False).logits.argmax(-1)
 
     def core(between):
         ids = torch.randint(0, vocab, (CORE_BATCH, plan.seq_len), device=device)
         columns = torch.arange(plan.seq_len - CORE_COLUMNS, plan.seq_len, device=device)
-        with evaluating(world, bf16):
+        with evaluating(world):
             model(input_ids=ids, use_cache=False, logits_to_keep=columns)
 
     return {"validation": validation, "sampling": sampling, "probes": probes, "core": core}
@@ -337,15 +338,15 @@ def rehearse(config, model_config, plan, setup: TrainingSetup, capacity: int) ->
 
     started = time.monotonic()
     config = rehearsal_config(config)
-    with fake_world(plan.world_size) as (world, mesh), flex_on_fake_cpu(), FakeTensorMode(), quiet():
-        stepper, model = build_step(config, model_config, plan, world, mesh, setup.bf16, setup.attention)
-        phases = run_phases(stepper, model, config, plan, setup.bf16)
+    with fake_world(plan.world_size, setup.bf16) as (world, mesh), flex_on_fake_cpu(), FakeTensorMode(), quiet():
+        stepper, model = build_step(config, model_config, plan, world, mesh, setup.attention)
+        phases = run_phases(stepper, model, config, plan)
         host = checkpoint_host_bytes(model, stepper.optimizer, world)
     estimate = estimate_memory(setup).as_dict()
     return RehearsalReport(plan.world_size, capacity, phases, host, estimate, time.monotonic() - started)
 
 
-def run_phases(stepper: Stepper, model, config, plan, bf16: bool) -> list[Phase]:
+def run_phases(stepper: Stepper, model, config, plan) -> list[Phase]:
     """Training, then each evaluation, each under its own tracker; with real CUDA tensors each phase's
     torch.cuda.max_memory_allocated too."""
     world = stepper.world
@@ -357,7 +358,7 @@ def run_phases(stepper: Stepper, model, config, plan, bf16: bool) -> list[Phase]
         stepper.optimizer.zero_grad(set_to_none=True)
     phases = [measured(world, lambda: training_phase(stepper, batches, sharded))]
     sample_tokens = 16 + config.sample_max_new_tokens  # a prompt of a sentence, then the new tokens
-    forwards = evaluation_forwards(model, world, bf16, plan, sample_tokens)
+    forwards = evaluation_forwards(model, world, plan, sample_tokens)
     for name, forward in forwards.items():
         phases.append(
             measured(world, functools.partial(evaluation_phase, name, model, stepper.optimizer, sharded, forward))
@@ -386,7 +387,7 @@ def rehearse_real(config, model_config, plan, setup: TrainingSetup, capacity: in
     bandwidth. On a GPU each phase's torch.cuda.max_memory_allocated stands beside the tracker's count."""
     from .parallel import start_world
 
-    world = start_world()
+    world = start_world(bf16=setup.bf16)  # the planner's precision, as the fake rehearsal's
     if world.size != plan.world_size:
         raise ScratchError(
             f"rehearse: this launch has {world.size} processes, the plan is for {plan.world_size}; launch it on "
@@ -394,8 +395,8 @@ def rehearse_real(config, model_config, plan, setup: TrainingSetup, capacity: in
         )
     started = time.monotonic()
     real = {"all_reduce": first_all_reduce(world)}
-    stepper, model = build_step(config, model_config, plan, world, None, setup.bf16, setup.attention)
-    phases = run_phases(stepper, model, config, plan, setup.bf16)
+    stepper, model = build_step(config, model_config, plan, world, None, setup.attention)
+    phases = run_phases(stepper, model, config, plan)
     real.update(throughput(stepper, plan, steps))
     host = checkpoint_host_bytes(model, stepper.optimizer, world)
     estimate = estimate_memory(setup).as_dict()
@@ -478,7 +479,7 @@ def partitioned_backend() -> str:
     return "scratchlm_rehearsal"
 
 
-def build_step(config, model_config, plan, world: World, mesh, bf16: bool, attention: str):
+def build_step(config, model_config, plan, world: World, mesh, attention: str):
     """The model, wrapped by the loop's wrap_model, its optimizer (with state) and the loop's Stepper."""
     from ..model import ScratchForCausalLM
     from .optimizer import build_optimizer
@@ -488,12 +489,12 @@ def build_step(config, model_config, plan, world: World, mesh, bf16: bool, atten
     except (ValueError, TypeError, RuntimeError) as err:
         raise ScratchError(f"rehearse: the run's model cannot be built: {err}") from None
     model.config._attn_implementation = attention
-    wrapped = wrap_model(model, world, config, bf16, mesh=mesh)
+    wrapped = wrap_model(model, world, config, mesh=mesh)
     optimizer = build_optimizer(unwrapped(wrapped), config)
     fuse_optimizer(optimizer)
     create_optimizer_state(optimizer)
     stepper = Stepper(model=wrapped, optimizer=optimizer, loader=iter(()), accumulation=plan.accumulation,
-                      world=world, bf16=bf16, config=config)  # fmt: skip
+                      world=world, config=config)  # fmt: skip
     return stepper, unwrapped(wrapped)
 
 

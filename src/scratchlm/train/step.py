@@ -41,13 +41,12 @@ class Stepper:
         optimizer: torch.optim.Optimizer,
         loader,  # an iterator of micro-batches (input_ids, labels, position_ids, window_ids)
         accumulation: int,
-        world: World,
-        bf16: bool,
+        world: World,  # its bf16 decides the autocast
         config,  # PretrainConfig: document_masking, max_grad_norm, on_nonfinite, torch_compile
         loss_fn=None,  # (hidden, lm_head, labels) -> loss; default training_loss(config)
     ):
         self.model, self.optimizer, self.loader = model, optimizer, loader
-        self.accumulation, self.world, self.bf16, self.config = accumulation, world, bf16, config
+        self.accumulation, self.world, self.config = accumulation, world, config
         self.loss_fn = loss_fn or training_loss(config)
         self.max_norm = config.max_grad_norm or math.inf
 
@@ -94,7 +93,7 @@ class Stepper:
         kwargs = {"labels": batch["labels"], "loss_from_hidden": self.loss_fn}
         if self.config.document_masking:
             kwargs["position_ids"] = batch["position_ids"]
-        with gradient_sync(self.model, sync), autocast(self.world, self.bf16):
+        with gradient_sync(self.model, sync), autocast(self.world):
             loss = self.model(input_ids=batch["input_ids"], **kwargs)
         (loss / self.accumulation).backward()
         return loss.detach()
