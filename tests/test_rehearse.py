@@ -131,6 +131,11 @@ def test_real_tensors_on_a_cpu_count_what_fake_tensors_count_and_measure_speed()
     # scores materialised). The fake count is then the higher, never the lower.
     for name in ("probes", "core"):
         assert peaks[name][1] >= peaks[name][0], (name, peaks)
+    # The roofline counts the same step's ops on real tensors: the same FLOPs; bytes within a few 0-d tensors.
+    counted = {name: (s.flops, s.bytes) for name, s in fake.roofline_sections.items()}
+    assert {name: s.flops for name, s in real.roofline_sections.items()} == {n: f for n, (f, _) in counted.items()}
+    for name, section in real.roofline_sections.items():
+        assert section.bytes == pytest.approx(counted[name][1], abs=256), name
     assert all(p.measured is None for p in real.phases)  # torch.cuda.max_memory_allocated exists on a GPU only
     assert real.real["tok_per_s"] > 0 and real.real["steps"] == 2 and real.real["all_reduce"] is None
     assert real.real["mfu"] is None  # no GPU, no peak FLOP/s
@@ -151,6 +156,11 @@ def test_plan_rehearse_runs_every_phase_of_the_tiny_recipe(capsys):
     assert [p["name"] for p in rehearsed["phases"]] == list(rehearsal.PHASES) and rehearsed["fits"]
     assert rehearsed["estimate"]["allocated_peak"] == plan["memory"]["allocated_peak"]
     assert all(p["peak"] > 0 for p in rehearsed["phases"]) and rehearsed["world_size"] == 1
+    step = rehearsed["step_time"]  # the roofline beside the planner's time on the chosen card, and on every card
+    assert step["gpu"] == "RTX 3060 12GB" and step["roofline_s"] == rehearsed["roofline"]["seconds_per_step"]["3060"]
+    assert step["planner_s"] > 0 and step["flops"] == rehearsed["roofline"]["flops_per_step"] > 0
+    # One micro-batch per step: the loss's logits come before any gradient exists, which the planner counts.
+    assert all(abs(d) <= 0.05 for d in rehearsed["planner_vs_rehearsal"].values()), rehearsed["planner_vs_rehearsal"]
 
 
 @pytest.mark.parametrize(
@@ -179,4 +189,17 @@ def test_the_planner_counts_the_flex_paths_repeated_k_and_v_without_checkpointin
     setup = setup_for_run(config, model_config, plan)
     assert setup.attention == "flex_attention" and not setup.gradient_checkpointing
     report = rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
+    assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01
+
+
+def test_the_planner_counts_what_compiled_bitlinear_layers_save():
+    """bitnet-95m compiles its blocks: every BitLinear saves its own normalised, quantised input (q, k, v, o,
+    gate and up each one), which inductor's partitioner keeps for backward. Two layers (with one, the tracked
+    step recompiles the block: the warm-up sees a different global), 4 x 256 tokens."""
+    config, model_config, _, _ = recipe_run("bitnet-95m", 1, num_hidden_layers=2)
+    config = replace(config, per_device_train_batch_size=4)
+    plan, _ = plan_run(config, model_config, 1)
+    setup = setup_for_run(config, model_config, plan)
+    assert setup.compile and setup.model.bitnet and not setup.gradient_checkpointing
+    report = rehearsal.rehearse(config, model_config, plan, setup, 12 * GIB)
     assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01

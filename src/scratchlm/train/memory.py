@@ -211,9 +211,17 @@ def layer_activation_bytes(dim: Dims, setup: TrainingSetup) -> int:
     cast = r != c  # autocast: the fp32 norm output is cast once per consuming linear layer
     attention = attention_bytes(dim, setup.attention, setup.document_masking)
     if setup.compile:
-        # Inductor's partitioner (measured on CPU): the layer input, two reciprocal RMS, one tensor of
-        # N x d in the compute dtype at each linear input (norm output, attention output, norm output),
-        # attention as eager, and gate, up and their product; the rest is recomputed in backward.
+        if setup.model.bitnet:
+            # Compiled BitLinear, read off the partitioned forward graph's saved outputs (CPU, bf16
+            # autocast): each projection's input is its own RMSNorm's output, quantized, so q, k, v, o,
+            # gate and up each save an N x width tensor in the compute dtype (the plain layer's q, k, v
+            # share one, gate and up one, and o reads the attention output, counted with attention);
+            # the o projection's output too, from which the residual is recomputed. Six reciprocal RMS
+            # stay (the rest is recomputed), and down's input is the SwiGLU product, as below.
+            return r * n * d + 24 * n + c * n * (6 * d + dim.q_width) + attention + 3 * c * n * f
+        # Inductor's partitioner (measured on CPU): the layer input, two reciprocal RMS, three tensors
+        # of N x d in the compute dtype (the input norm's output, o's output, the post-attention norm's
+        # output), attention as eager, and gate, up and their product; the rest is recomputed in backward.
         return r * n * d + 8 * n + 3 * c * n * d + attention + 3 * c * n * f
     if setup.model.bitnet:
         # Every linear is a BitLinear with its own RMSNorm: the decoder norms' fp32 outputs are saved
@@ -287,6 +295,24 @@ def backward_transient_bytes(dim: Dims, setup: TrainingSetup, counts: ParameterC
     return layer_activation_bytes(dim, setup) + copies + 2 * c * n * f
 
 
+def transient_bytes(
+    setup: TrainingSetup, dim: Dims, counts: ParameterCounts, gradients: int, loss: int, optimizer: int
+) -> int:
+    """What the peak holds beyond the other terms. The loss's transient comes at the end of the forward,
+    the backward's after it: one at a time. The optimizer's comes after both, with the activations freed:
+    counting it here is an upper bound. The gradients term counts every gradient, as held after the
+    backward; with one micro-batch per step (the step before set them to None) none exists yet when the
+    loss runs, and at the top layer's backward only the root's and that layer's do, so those moments have
+    the rest of that term's bytes free for their transient (the rehearsal of the tiny recipe: its peak is
+    the loss's chunk of logits, with no gradient allocated). With accumulation the previous micro-batch's
+    gradients are all there."""
+    backward = backward_transient_bytes(dim, setup, counts)
+    if setup.accumulation == 1:
+        loss -= gradients
+        backward -= max(0, gradients - 4 * (counts.root + counts.layer))
+    return max(0, loss, backward, optimizer)
+
+
 # --- the estimate -----------------------------------------------------------------------------------
 
 
@@ -322,9 +348,7 @@ def estimate_memory(setup: TrainingSetup) -> MemoryEstimate:
     terms["optimizer"], optimizer_transient = optimizer_bytes(setup, shard)
     terms["activations"] = model_activation_bytes(dim, setup)
     terms["loss_saved"], loss_transient = loss_bytes(dim, setup)
-    # The loss's transient comes at the end of the forward, the backward's after it: one at a time.
-    # The optimizer's comes after both, with the activations freed: counting it here is an upper bound.
-    terms["transient"] = max(loss_transient, backward_transient_bytes(dim, setup, counts), optimizer_transient)
+    terms["transient"] = transient_bytes(setup, dim, counts, terms["gradients"], loss_transient, optimizer_transient)
     allocated = sum(terms.values())
     context = CUDA_CONTEXT_BYTES + (NCCL_BYTES if setup.world_size > 1 else 0)
     return MemoryEstimate(terms, allocated, context, math.ceil(allocated * (1 + ALLOCATOR_SLACK)) + context)
