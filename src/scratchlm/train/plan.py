@@ -33,6 +33,7 @@ class GpuProfile:
     mfu: float  # what the planner assumes without a measured tok/s
     pattern: str  # matches torch.cuda.get_device_name() of this GPU
     usd_per_hour: float = 0.0  # a default price (PRICE_SOURCE); 0: none known
+    hbm_gbps: float = 0.0  # memory bandwidth, GB/s (10^9 bytes), for the rehearsal's roofline; 0: none known
 
     @property
     def memory_bytes(self) -> int:
@@ -53,6 +54,11 @@ class GpuProfile:
 #   H100 SXM 989.4, H100 PCIe 756.5, H100 NVL 835.5 TFLOPS: H100 datasheet (1,979 / 1,513 / 1,671
 #     with sparsity); H200 (SXM) 989.4: H200 datasheet, the H100 SXM's tensor cores; B200: HGX B200
 #     datasheet, 2,250 (4,500 with sparsity); AMD Instinct MI300X: AMD's datasheet, 1,307.4.
+# HBM bandwidth (GB/s), from the same datasheets and whitepapers: RTX 3060 360, RTX 3090 936, RTX 3090 Ti 1,008,
+#   RTX 4060 Ti 16GB 288, RTX 4070 Ti 504 (21 Gbps x 192 bit), RTX 4080 716.8, RTX 4090 1,008, RTX 5090 1,792;
+#   A10 600, A40 696, RTX A6000 768, L4 300, L40S 864; A100 40GB 1,555, A100 80GB 2,039 (SXM; PCIe 1,935);
+#   H100 PCIe 2,000, H100 SXM 3,350, H100 NVL 3,900; H200 4,800; B200 8,000 (HGX B200: 64 TB/s for 8);
+#   MI300X 5,300.
 # Memory: what torch reports as total (CUDA out-of-memory messages show it: 11.76 GiB on a 12 GB
 # RTX 3060, 23.65 GiB on an RTX 4090, 39.59 / 79.15 GiB on A100 40/80 GB); Hopper from nvidia-smi's
 # total (81,559 MiB for H100 80 GB, 95,830 for H100 NVL, 143,771 for the H200 we test on) less the
@@ -64,27 +70,27 @@ class GpuProfile:
 # 50% assumed); 40% elsewhere.
 PRICE_SOURCE = "RunPod's per-GPU hourly prices, spot/community column, as listed by deploybase.ai (March 2026)"
 GPUS = {
-    "3060": GpuProfile("RTX 3060 12GB", 25.4, 11.76, 0.40, r"RTX 3060(?! Ti)"),
-    "3090": GpuProfile("RTX 3090", 71.0, 23.69, 0.40, r"RTX 3090(?! Ti)", 0.22),
-    "3090-ti": GpuProfile("RTX 3090 Ti", 80.0, 23.69, 0.40, r"RTX 3090 Ti"),
-    "4060-ti-16gb": GpuProfile("RTX 4060 Ti 16GB", 44.1, 15.7, 0.40, r"RTX 4060 Ti"),
-    "4070-ti": GpuProfile("RTX 4070 Ti 12GB", 80.2, 11.72, 0.40, r"RTX 4070 Ti(?! SUPER)"),
-    "4080": GpuProfile("RTX 4080 16GB", 97.5, 15.7, 0.40, r"RTX 4080(?! SUPER)"),
-    "4090": GpuProfile("RTX 4090", 165.2, 23.65, 0.40, r"RTX 4090", 0.34),
-    "5090": GpuProfile("RTX 5090", 209.5, 31.36, 0.40, r"RTX 5090", 0.69),
-    "a10": GpuProfile("A10", 125.0, 22.07, 0.40, r"\bA10\b"),
-    "a40": GpuProfile("A40", 149.7, 44.35, 0.40, r"\bA40\b"),
-    "a6000": GpuProfile("RTX A6000", 154.8, 47.54, 0.40, r"RTX A6000"),
-    "l4": GpuProfile("L4", 121.0, 21.96, 0.40, r"\bL4\b", 0.44),
-    "l40s": GpuProfile("L40S", 362.0, 44.52, 0.40, r"L40S", 0.79),
-    "a100-40gb": GpuProfile("A100 40GB", 312.0, 39.59, 0.50, r"A100"),
-    "a100-80gb": GpuProfile("A100 80GB", 312.0, 79.15, 0.50, r"A100", 1.39),
-    "h100-pcie": GpuProfile("H100 PCIe", 756.5, 79.1, 0.40, r"H100 PCIe", 1.99),
-    "h100-sxm": GpuProfile("H100 SXM", 989.4, 79.1, 0.40, r"H100(?! PCIe| NVL)", 2.69),
-    "h100-nvl": GpuProfile("H100 NVL", 835.5, 93.1, 0.40, r"H100 NVL"),
-    "h200": GpuProfile("H200", 989.4, 139.9, 0.40, r"H200(?! NVL)", 3.59),
-    "b200": GpuProfile("B200", 2250.0, 178.35, 0.40, r"B200", 5.98),
-    "mi300x": GpuProfile("MI300X", 1307.4, 191.98, 0.40, r"MI300X"),
+    "3060": GpuProfile("RTX 3060 12GB", 25.4, 11.76, 0.40, r"RTX 3060(?! Ti)", hbm_gbps=360),
+    "3090": GpuProfile("RTX 3090", 71.0, 23.69, 0.40, r"RTX 3090(?! Ti)", 0.22, hbm_gbps=936),
+    "3090-ti": GpuProfile("RTX 3090 Ti", 80.0, 23.69, 0.40, r"RTX 3090 Ti", hbm_gbps=1008),
+    "4060-ti-16gb": GpuProfile("RTX 4060 Ti 16GB", 44.1, 15.7, 0.40, r"RTX 4060 Ti", hbm_gbps=288),
+    "4070-ti": GpuProfile("RTX 4070 Ti 12GB", 80.2, 11.72, 0.40, r"RTX 4070 Ti(?! SUPER)", hbm_gbps=504),
+    "4080": GpuProfile("RTX 4080 16GB", 97.5, 15.7, 0.40, r"RTX 4080(?! SUPER)", hbm_gbps=716.8),
+    "4090": GpuProfile("RTX 4090", 165.2, 23.65, 0.40, r"RTX 4090", 0.34, hbm_gbps=1008),
+    "5090": GpuProfile("RTX 5090", 209.5, 31.36, 0.40, r"RTX 5090", 0.69, hbm_gbps=1792),
+    "a10": GpuProfile("A10", 125.0, 22.07, 0.40, r"\bA10\b", hbm_gbps=600),
+    "a40": GpuProfile("A40", 149.7, 44.35, 0.40, r"\bA40\b", hbm_gbps=696),
+    "a6000": GpuProfile("RTX A6000", 154.8, 47.54, 0.40, r"RTX A6000", hbm_gbps=768),
+    "l4": GpuProfile("L4", 121.0, 21.96, 0.40, r"\bL4\b", 0.44, hbm_gbps=300),
+    "l40s": GpuProfile("L40S", 362.0, 44.52, 0.40, r"L40S", 0.79, hbm_gbps=864),
+    "a100-40gb": GpuProfile("A100 40GB", 312.0, 39.59, 0.50, r"A100", hbm_gbps=1555),
+    "a100-80gb": GpuProfile("A100 80GB", 312.0, 79.15, 0.50, r"A100", 1.39, hbm_gbps=2039),
+    "h100-pcie": GpuProfile("H100 PCIe", 756.5, 79.1, 0.40, r"H100 PCIe", 1.99, hbm_gbps=2000),
+    "h100-sxm": GpuProfile("H100 SXM", 989.4, 79.1, 0.40, r"H100(?! PCIe| NVL)", 2.69, hbm_gbps=3350),
+    "h100-nvl": GpuProfile("H100 NVL", 835.5, 93.1, 0.40, r"H100 NVL", hbm_gbps=3900),
+    "h200": GpuProfile("H200", 989.4, 139.9, 0.40, r"H200(?! NVL)", 3.59, hbm_gbps=4800),
+    "b200": GpuProfile("B200", 2250.0, 178.35, 0.40, r"B200", 5.98, hbm_gbps=8000),
+    "mi300x": GpuProfile("MI300X", 1307.4, 191.98, 0.40, r"MI300X", hbm_gbps=5300),
 }
 # Names that leave the memory open: the larger card, said so (plan prints it).
 GPU_ALIASES = {"a100": "a100-80gb", "h100": "h100-sxm", "4060-ti": "4060-ti-16gb"}

@@ -24,6 +24,9 @@ dtypes: fake CUDA tensors abort a CPU-only build in backward.
 With `real=True` on a CUDA machine, the same phases run with real tensors for a few steps and the
 report adds torch.cuda.max_memory_allocated per phase, tok/s, MFU and the first all-reduce's bus
 bandwidth (on a CPU, with tiny shapes, that mode runs too: the tests use it).
+
+The training step is also counted op by op, FLOPs and bytes moved (train/roofline.py), for a roofline
+step time on each known GPU beside the planner's time at its assumed MFU.
 """
 
 import contextlib
@@ -39,6 +42,7 @@ from ..errors import ScratchError
 from .evaluate import evaluating
 from .memory import GIB, TrainingSetup, estimate_memory, settings_that_fit
 from .parallel import World, unwrapped, wrap_model
+from .roofline import BIASES, StepCounter, step_seconds, summarize
 from .step import Stepper
 
 PHASES = ("training", "validation", "sampling", "probes", "core")
@@ -73,13 +77,20 @@ class RehearsalReport:
     estimate: dict  # the formula planner's terms for the same run
     seconds: float
     real: dict = field(default_factory=dict)  # real mode: tok/s, MFU, bus bandwidth
+    accumulation: int = 1  # micro-batches per step (the roofline's step runs the unsynced one accumulation - 1 times)
+    model_flops_per_step: float = 0.0  # one rank's step, as the planner counts FLOPs (6 N + attention, per token)
+    roofline_sections: dict = field(default_factory=dict)  # roofline.Section per part of the step
 
     @property
     def peak(self) -> Phase:
         return max(self.phases, key=lambda p: p.peak)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "peak_phase": self.peak.name}
+        from .plan import GPUS
+
+        fields = {k: v for k, v in asdict(self).items() if k != "roofline_sections"}
+        roofline = summarize(self.roofline_sections, self.accumulation, GPUS)
+        return {**fields, "peak_phase": self.peak.name, "roofline": roofline}
 
 
 # --- fake tensors, a fake process group, and what torch needs patched for them -------------------------
@@ -207,12 +218,12 @@ def create_optimizer_state(optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
-def training_phase(stepper: Stepper, batches: list[dict], sharded: bool) -> Phase:
+def training_phase(stepper: Stepper, batches: list[dict], sharded: bool, counter: StepCounter) -> Phase:
     """The loop's step: its micro-steps (without then with gradient sync), clipping, the optimizer step.
     Besides the peak, the bytes by family are read off the last micro-step: the gradients held when it
     starts (after the step's backwards with one micro-batch), what the decoder's forward adds (activations)
     and what the loss adds (its saved gradients); the peak's weights and optimizer state from the tracker's
-    categories; what remains of the peak is transient."""
+    categories; what remains of the peak is transient. `counter` counts the same step's ops, by part of the step."""
     model = unwrapped(stepper.model)
     tracker = tracker_for(model, stepper.optimizer, sharded)
     moments = {}
@@ -221,6 +232,7 @@ def training_phase(stepper: Stepper, batches: list[dict], sharded: bool) -> Phas
     def tracked_micro_step(batch, sync):
         tracker.reset_mod_stats()  # the trackers refuse a second root forward otherwise; the peak stays
         moments["start"] = held(tracker)
+        counter.section = "micro-step with sync" if sync else "micro-step without sync"
         return micro_step(batch, sync)
 
     stepper.micro_step = tracked_micro_step
@@ -232,10 +244,12 @@ def training_phase(stepper: Stepper, batches: list[dict], sharded: bool) -> Phas
     hooks = [model.model.register_forward_hook(after_decoder),
              model.register_forward_hook(lambda *_: moments.__setitem__("loss", held(tracker)))]  # fmt: skip
     try:
-        with tracker:
+        with tracker, counter:
             stepper.accumulate(batches)
             moments["backward"] = held(tracker)
+            counter.section = "clip"
             stepper.clip()
+            counter.section = "optimizer"
             stepper.optimizer.step()
             stepper.optimizer.zero_grad(set_to_none=True)
     finally:
@@ -340,15 +354,23 @@ def rehearse(config, model_config, plan, setup: TrainingSetup, capacity: int) ->
     config = rehearsal_config(config)
     with fake_world(plan.world_size, setup.bf16) as (world, mesh), flex_on_fake_cpu(), FakeTensorMode(), quiet():
         stepper, model = build_step(config, model_config, plan, world, mesh, setup.attention)
-        phases = run_phases(stepper, model, config, plan)
+        counter = StepCounter()
+        phases = run_phases(stepper, model, config, plan, counter)
         host = checkpoint_host_bytes(model, stepper.optimizer, world)
     estimate = estimate_memory(setup).as_dict()
-    return RehearsalReport(plan.world_size, capacity, phases, host, estimate, time.monotonic() - started)
+    return RehearsalReport(plan.world_size, capacity, phases, host, estimate, time.monotonic() - started,
+                           **step_counts(plan, counter))  # fmt: skip
 
 
-def run_phases(stepper: Stepper, model, config, plan) -> list[Phase]:
-    """Training, then each evaluation, each under its own tracker; with real CUDA tensors each phase's
-    torch.cuda.max_memory_allocated too."""
+def step_counts(plan, counter: StepCounter) -> dict:
+    """The report's fields for the step's time: the roofline's counts, and one rank's step in the planner's FLOPs."""
+    return {"accumulation": plan.accumulation, "roofline_sections": counter.sections,
+            "model_flops_per_step": plan.tokens_per_step * plan.flops_per_token / plan.world_size}  # fmt: skip
+
+
+def run_phases(stepper: Stepper, model, config, plan, counter: StepCounter) -> list[Phase]:
+    """Training (its ops counted by `counter`), then each evaluation, each under its own tracker; with real CUDA
+    tensors each phase's torch.cuda.max_memory_allocated too."""
     world = stepper.world
     sharded = world.fsdp
     batches = [training_batch(plan.micro_batch, plan.seq_len, model.config.vocab_size, world.device)
@@ -356,7 +378,7 @@ def run_phases(stepper: Stepper, model, config, plan) -> list[Phase]:
     if config.torch_compile:  # dynamo traces on the first call: that work must not be what is tracked
         stepper.accumulate(batches[:1])
         stepper.optimizer.zero_grad(set_to_none=True)
-    phases = [measured(world, lambda: training_phase(stepper, batches, sharded))]
+    phases = [measured(world, lambda: training_phase(stepper, batches, sharded, counter))]
     sample_tokens = 16 + config.sample_max_new_tokens  # a prompt of a sentence, then the new tokens
     forwards = evaluation_forwards(model, world, plan, sample_tokens)
     for name, forward in forwards.items():
@@ -396,11 +418,13 @@ def rehearse_real(config, model_config, plan, setup: TrainingSetup, capacity: in
     started = time.monotonic()
     real = {"all_reduce": first_all_reduce(world)}
     stepper, model = build_step(config, model_config, plan, world, None, setup.attention)
-    phases = run_phases(stepper, model, config, plan)
+    counter = StepCounter()
+    phases = run_phases(stepper, model, config, plan, counter)
     real.update(throughput(stepper, plan, steps))
     host = checkpoint_host_bytes(model, stepper.optimizer, world)
     estimate = estimate_memory(setup).as_dict()
-    return RehearsalReport(world.size, capacity, phases, host, estimate, time.monotonic() - started, real)
+    return RehearsalReport(world.size, capacity, phases, host, estimate, time.monotonic() - started, real,
+                           **step_counts(plan, counter))  # fmt: skip
 
 
 def first_all_reduce(world: World, size_bytes: int = 64 * 2**20) -> dict | None:
@@ -508,9 +532,11 @@ def device_bytes(allocated: int, world_size: int) -> int:
     return math.ceil(allocated * (1 + ALLOCATOR_SLACK)) + CUDA_CONTEXT_BYTES + (NCCL_BYTES if world_size > 1 else 0)
 
 
-def describe(report: RehearsalReport, setup: TrainingSetup, gpu_name: str, tokens_per_step: bool) -> str:
-    """One line per phase (its peak per rank beside the card), the planner's estimate, then the verdict: every
-    phase that does not fit, by name, with settings of the same tokens per step that would."""
+def describe(report: RehearsalReport, setup: TrainingSetup, gpu_name: str, tokens_per_step: bool,
+             step_lines: list[str] = ()) -> str:  # fmt: skip
+    """One line per phase (its peak per rank beside the card), the planner's estimate, the step's time
+    (`step_lines`), then the verdict: every phase that does not fit, by name, with settings of the same tokens per
+    step that would."""
     gib = lambda n: f"{n / GIB:6.2f} GiB"  # noqa: E731
     lines = [f"rehearsal on fake tensors ({report.world_size} rank{'s' if report.world_size > 1 else ''}, "
              f"{report.seconds:.0f} s): allocated peak per rank, and with slack and context of the {gpu_name}'s "
@@ -530,6 +556,7 @@ def describe(report: RehearsalReport, setup: TrainingSetup, gpu_name: str, token
         mfu = f", MFU {speed['mfu']:.0%}" if speed["mfu"] is not None else ""
         bandwidth = f"; first all-reduce {reduce['first_bus_gbps']} GB/s bus" if reduce else ""
         lines.append(f"real tensors: {speed['tok_per_s']:,.0f} tok/s over {speed['steps']} steps{mfu}{bandwidth}")
+    lines += step_lines
     failing = [p for p in report.phases if device_bytes(p.peak, report.world_size) > report.capacity]
     if not failing:
         lines.append("every phase fits")
@@ -563,6 +590,37 @@ def compare_with_planner(report: RehearsalReport) -> dict[str, float]:
     return {name: round(value / measured[name] - 1, 4) for name, value in planner.items()}
 
 
+def step_time(report: RehearsalReport, gpu) -> dict | None:
+    """One step on `gpu` (a plan.py GpuProfile), two ways: the roofline of the rehearsed step's ops, and the
+    planner's FLOPs at the MFU it assumes for the card; None where the card's bandwidth or peak is not known."""
+    if not (gpu.hbm_gbps and gpu.peak_tflops):
+        return None
+    peak = gpu.peak_tflops * 1e12
+    roofline = step_seconds(report.roofline_sections, report.accumulation, peak, gpu.hbm_gbps * 1e9)
+    summary = summarize(report.roofline_sections, report.accumulation, {})
+    return {
+        "gpu": gpu.name,
+        "roofline_s": roofline,
+        "planner_s": report.model_flops_per_step / (peak * gpu.mfu),
+        "planner_mfu": gpu.mfu,
+        "roofline_mfu": report.model_flops_per_step / (peak * roofline),  # the MFU the roofline implies
+        "flops": summary["flops_per_step"],
+        "bytes": summary["bytes_per_step"],
+        "biases": BIASES,
+    }
+
+
+def describe_step_time(times: dict | None, gpu_name: str) -> list[str]:
+    if times is None:
+        return [f"step time, roofline: not estimated (no memory bandwidth or peak known for the {gpu_name})"]
+    return [
+        f"step time on the {times['gpu']}, per rank: roofline {times['roofline_s']:.3g} s ({times['flops'] / 1e12:,.1f}"
+        f" TFLOP and {times['bytes'] / 1e9:,.1f} GB moved; MFU {times['roofline_mfu']:.0%}), planner "
+        f"{times['planner_s']:.3g} s (at {times['planner_mfu']:.0%} MFU)",
+        f"  the roofline's biases: {times['biases']}",
+    ]
+
+
 def rehearse_recipe(recipe: str, gpu: str, num_gpus: int) -> tuple[RehearsalReport, TrainingSetup]:
     """A pretraining recipe (its YAML) rehearsed for `num_gpus` of the GPU named `gpu` (plan.py's names)."""
     from .config import parse_pretrain_args
@@ -587,12 +645,11 @@ def run_rehearsal(config, model_config, plan, setup: TrainingSetup, gpu, as_json
     else:
         report = rehearse(config, model_config, plan, setup, gpu.memory_bytes)
     fits = all(device_bytes(p.peak, report.world_size) <= report.capacity for p in report.phases)
+    times = step_time(report, gpu)
     if as_json:
-        print(
-            json.dumps(
-                {"rehearsal": {**report.as_dict(), "fits": fits, "planner_vs_rehearsal": compare_with_planner(report)}}
-            )
-        )
+        record = {**report.as_dict(), "fits": fits, "planner_vs_rehearsal": compare_with_planner(report)}
+        print(json.dumps({"rehearsal": {**record, "step_time": times}}))
     else:
-        print(describe(report, setup, gpu.name, tokens_per_step=bool(config.tokens_per_step)))
+        lines = describe_step_time(times, gpu.name)
+        print(describe(report, setup, gpu.name, tokens_per_step=bool(config.tokens_per_step), step_lines=lines))
     return 0 if fits else 1
