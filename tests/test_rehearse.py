@@ -159,6 +159,8 @@ def test_plan_rehearse_runs_every_phase_of_the_tiny_recipe(capsys):
     step = rehearsed["step_time"]  # the roofline beside the planner's time on the chosen card, and on every card
     assert step["gpu"] == "RTX 3060 12GB" and step["roofline_s"] == rehearsed["roofline"]["seconds_per_step"]["3060"]
     assert step["planner_s"] > 0 and step["flops"] == rehearsed["roofline"]["flops_per_step"] > 0
+    # One micro-batch per step: the loss's logits come before any gradient exists, which the planner counts.
+    assert all(abs(d) <= 0.05 for d in rehearsed["planner_vs_rehearsal"].values()), rehearsed["planner_vs_rehearsal"]
 
 
 @pytest.mark.parametrize(
@@ -187,4 +189,17 @@ def test_the_planner_counts_the_flex_paths_repeated_k_and_v_without_checkpointin
     setup = setup_for_run(config, model_config, plan)
     assert setup.attention == "flex_attention" and not setup.gradient_checkpointing
     report = rehearsal.rehearse(config, model_config, plan, setup, 24 * GIB)
+    assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01
+
+
+def test_the_planner_counts_what_compiled_bitlinear_layers_save():
+    """bitnet-95m compiles its blocks: every BitLinear saves its own normalised, quantised input (q, k, v, o,
+    gate and up each one), which inductor's partitioner keeps for backward. Two layers (with one, the tracked
+    step recompiles the block: the warm-up sees a different global), 4 x 256 tokens."""
+    config, model_config, _, _ = recipe_run("bitnet-95m", 1, num_hidden_layers=2)
+    config = replace(config, per_device_train_batch_size=4)
+    plan, _ = plan_run(config, model_config, 1)
+    setup = setup_for_run(config, model_config, plan)
+    assert setup.compile and setup.model.bitnet and not setup.gradient_checkpointing
+    report = rehearsal.rehearse(config, model_config, plan, setup, 12 * GIB)
     assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01
