@@ -9,6 +9,11 @@ and peak RAM are its own.
 The planner is held to the rehearsal within 5%, in total (the training phase's allocated peak) and for
 each family of terms: weights (with the bf16 copies compute reads), gradients, optimizer state,
 activations and the loss's saved tensors.
+
+Beside it, the step's time on the GPU it is launched on, two ways: the roofline of the rehearsed step's ops
+(train/roofline.py: FLOPs at the dense bf16 peak or bytes at the HBM bandwidth, per op, summed; no fusion,
+no overlap, no communication) and the planner's FLOPs at the MFU it assumes for that card; and the
+roofline's step on every GPU the planner knows.
 """
 
 import argparse
@@ -39,12 +44,14 @@ def one(recipe: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from scratchlm.train.rehearse import compare_with_planner, rehearse_recipe
+    from scratchlm.train.plan import gpu_profile
+    from scratchlm.train.rehearse import compare_with_planner, rehearse_recipe, step_time
 
     gpu, num_gpus = LAUNCHES[recipe]
     started = time.monotonic()
     report, setup = rehearse_recipe(str(REPO / "recipes" / recipe / "pretrain.yaml"), gpu, num_gpus)
     seconds = time.monotonic() - started
+    roofline = report.as_dict()["roofline"]
     return {
         "recipe": recipe,
         "gpu": gpu,
@@ -57,6 +64,23 @@ def one(recipe: str) -> dict:
         "planner_vs_rehearsal": compare_with_planner(report),
         "training_families_gib": {k: round(v / 2**30, 3) for k, v in report.phases[0].families.items()},
         "planner_terms_gib": {k: round(v / 2**30, 3) for k, v in report.estimate["terms"].items()},
+        "step_time": step_record(step_time(report, gpu_profile(gpu))),
+        "roofline_seconds_per_step": {k: round(v, 4) for k, v in roofline["seconds_per_step"].items()},
+    }
+
+
+def step_record(times: dict) -> dict:
+    """One rank's step on the launch GPU: the roofline's and the planner's seconds, the MFU each stands for."""
+    return {
+        "gpu": times["gpu"],
+        "roofline_s": round(times["roofline_s"], 4),
+        "planner_s": round(times["planner_s"], 4),
+        "roofline_over_planner": round(times["roofline_s"] / times["planner_s"], 3),
+        "planner_mfu": times["planner_mfu"],
+        "roofline_mfu": round(times["roofline_mfu"], 3),
+        "tflop_per_rank": round(times["flops"] / 1e12, 2),
+        "gb_moved_per_rank": round(times["bytes"] / 1e9, 1),
+        "biases": times["biases"],
     }
 
 
@@ -79,7 +103,8 @@ def main(argv=None) -> int:
         else:
             results[recipe] = json.loads(done.stdout.strip().splitlines()[-1])
         row = results[recipe]
-        print(recipe, json.dumps({k: row.get(k) for k in ("seconds", "max_rss_gib", "planner_vs_rehearsal", "error")}))
+        shown = ("seconds", "max_rss_gib", "planner_vs_rehearsal", "step_time", "error")
+        print(recipe, json.dumps({k: row.get(k) for k in shown}))
     within = all(
         abs(d) <= TOLERANCE for r in results.values() for d in r.get("planner_vs_rehearsal", {"error": 1}).values()
     )
