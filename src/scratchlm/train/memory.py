@@ -19,8 +19,9 @@ The terms, in bytes, for one process:
 - activations: what the forward saves for backward, from formulas read off the real module's saved
   tensors (layer_activation_bytes below; benchmarks/memory_validation.py checks them);
 - loss: the loss's saved gradients, and its largest transient (one chunk for our chunked loss);
-- backward transient: one layer's gradient buffers in flight (and, with activation checkpointing,
-  that layer recomputed);
+- transient: the largest of the loss's, one layer's backward in flight (its gradient buffers and, with
+  activation checkpointing, that layer recomputed) and the optimizer step's; with one micro-batch per step
+  less the gradients that do not exist yet at that moment (transient_bytes);
 - CUDA context and allocator overhead: outside torch's allocator counters; assumed, see below.
 
 The allocated peak is what torch.cuda.max_memory_allocated reports; the device peak adds the context
