@@ -2,6 +2,7 @@
 
 import json
 import math
+import runpy
 import shutil
 import signal
 import subprocess
@@ -262,10 +263,15 @@ def test_non_finite_loss(tmp_path, shards_dir, mode):
         (["--max_steps", "0"], "set exactly one horizon"),
     ],
 )
-def test_bad_config_fails_before_training(tmp_path, shards_dir, override, message):
+def test_bad_config_fails_before_training(tmp_path, shards_dir, override, message, monkeypatch, capsys):
+    """The script's own main() in this process: each launch would spend ~10 s importing what is imported here
+    already. The launcher's path for a refusal is test_unknown_yaml_key_names_the_file's."""
     config = small_run(tmp_path, shards_dir)
-    result = launch(tmp_path, "--config", str(config), *override, fails=True)
-    assert message in result.stderr
+    script = runpy.run_path(str(REPO / "recipes" / "pretrain.py"), run_name="pretrain")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pretrain.py", "--config", str(config), *override])
+    assert script["main"]() == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
