@@ -135,10 +135,31 @@ def keep(read: int, launcher: int) -> int:
     if status - 128 in signals:  # mirrored to the launcher; its SIGTERM back to us then ends this process
         for signum in signals:
             signal.signal(signum, lambda signum, frame: os._exit(status))
+        _let_the_launcher_copy_what_was_said()
         with suppress(ProcessLookupError):
             os.kill(launcher, status - 128)
         time.sleep(30)
     return status
+
+
+def _let_the_launcher_copy_what_was_said(timeout_s: float = 5.0) -> None:
+    """The launcher copies our stderr pipe (the trainer's too) to its own in its main thread; a signal that
+    lands between its read of the trainer's last lines ("stopped by SIGINT at step N") and its write of them
+    loses them. So the signal waits until the pipe is empty, then a moment for that write."""
+    import fcntl
+    import struct
+    import termios
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(2, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:  # not a pipe (a terminal, a file): nothing in flight
+            return
+        if unread == 0:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
 
 
 def _follow(launcher: int) -> None:
