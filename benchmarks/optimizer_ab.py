@@ -1,13 +1,14 @@
-"""AdamW against Muon on the tiny recipe, each at its best of three learning rates, written to
+"""AdamW against Muon on the tiny recipe, each at its best of four learning rates, written to
 benchmarks/results/optimizer_ab.json and optimizer_ab.png (validation bits per byte against tokens).
 
-    python benchmarks/optimizer_ab.py [--work DIR] [--steps 40] [--eval-every 8]
+    python benchmarks/optimizer_ab.py [--work DIR] [--steps 600] [--eval-every 50]
 
 Every run is `recipes/pretrain.py --config recipes/tiny/pretrain.yaml` as users run it, with the same seed,
 so the same windows in the same order (the metrics' windows checksums are compared), shortened to --steps
-(the warmup and the eval cadence scaled with it; CORE and samples off, probes on). The learning rates:
-AdamW's learning_rate 1e-3 (the recipe's), 2e-3, 4e-3; Muon's muon_lr 0.01, 0.02 (nanochat's), 0.04, the
-rest of its groups at their defaults. "Best" is the lowest final validation bpb.
+(the warmup scaled with it; CORE and samples off, probes on). The learning rates: AdamW's learning_rate
+5e-4, 1e-3 (the recipe's), 2e-3, 4e-3; Muon's muon_lr 0.01, 0.02 (nanochat's), 0.04, 0.08, the rest of its
+groups at their defaults. "Best" is the lowest final validation bpb; the JSON says whether a best lies at an
+end of its grid (then the grid was too narrow to call it tuned).
 
 Time per step is measured side by side: each AdamW run trains at the same moment as the Muon run of the
 same rank in the grid, two processes of one thread each on the same cores, so a load from elsewhere
@@ -15,7 +16,8 @@ slows both; a step's time is the median over its metrics records (one per step) 
 
 Reported: the tokens each optimizer needs to reach AdamW's final validation bpb (linear between
 evaluations), their ratio (the goal: Muon <= 0.75x), the time per step of each (the goal: Muon <= 1.05x
-AdamW's), and the probe accuracy at the end.
+AdamW's), and the probe accuracy at the end. Beside them, where a step's time goes (`step_split`): the
+forward and backward of one micro-batch, AdamW's step and Muon's step, each alone on one thread, interleaved.
 """
 
 import argparse
@@ -33,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "tiny" / "pretrain.yaml"
-GRID = {"adamw": ("learning_rate", [1e-3, 2e-3, 4e-3]), "muon": ("muon_lr", [0.01, 0.02, 0.04])}
+GRID = {"adamw": ("learning_rate", [5e-4, 1e-3, 2e-3, 4e-3]), "muon": ("muon_lr", [0.01, 0.02, 0.04, 0.08])}
 RECIPE_STEPS, RECIPE_WARMUP = 600, 30
 
 
@@ -111,6 +113,46 @@ def tokens_to_reach(result: dict, target: float) -> float | None:
     return None
 
 
+def step_split(repeats: int = 7) -> dict:
+    """Milliseconds, on one thread, of the tiny model's forward and backward of one micro-batch (8 x 256, the
+    loop's chunked loss), of AdamW's step and of Muon's step (each optimizer as the loop builds it, with its
+    state), each alone, interleaved, medians over `repeats`: Newton-Schulz's cost grows with the parameters,
+    the forward and backward's with the parameters times the tokens of a step."""
+    import torch
+
+    from scratchlm.config import read_yaml
+    from scratchlm.model import ScratchForCausalLM
+    from scratchlm.model.loss import lm_loss
+    from scratchlm.model.presets import build_config
+    from scratchlm.train.config import PretrainConfig
+    from scratchlm.train.optimizer import build_optimizer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = ScratchForCausalLM(build_config({"preset": "tiny"}))
+    model.config._attn_implementation = "sdpa"
+    recipe = read_yaml(RECIPE)
+    optimizers = {name: build_optimizer(model, PretrainConfig(**{**recipe, "optimizer": name})) for name in GRID}
+    tokens = torch.randint(0, model.config.vocab_size, (8, 257))
+
+    def forward_backward() -> None:
+        model(input_ids=tokens[:, :-1], labels=tokens[:, 1:], loss_from_hidden=lm_loss, use_cache=False).backward()
+
+    forward_backward()
+    parts = {"forward_backward": forward_backward, **{f"{n}_step": o.step for n, o in optimizers.items()}}
+    for step in optimizers.values():  # their state, as from step 2 on
+        step.step()
+    times = {name: [] for name in parts}
+    for repeat in range(repeats):
+        for name, part in parts.items() if repeat % 2 == 0 else reversed(parts.items()):
+            start = time.perf_counter()
+            part()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    torch.set_num_threads(threads)
+    return {name: round(statistics.median(values), 1) for name, values in times.items()}
+
+
 def plot(results: dict, best: dict, out: Path) -> None:
     import matplotlib
 
@@ -139,14 +181,14 @@ def plot(results: dict, best: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "optimizer_ab")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--eval-every", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
+    parser.add_argument("--eval-every", type=int, default=50)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prepare(args.work)
     results, pair_seconds = {"adamw": {}, "muon": {}}, []
-    for rank in range(3):  # AdamW's i-th learning rate beside Muon's i-th
+    for rank in range(len(GRID["adamw"][1])):  # AdamW's i-th learning rate beside Muon's i-th
         pair = {name: command(args.work, name, GRID[name][1][rank], args.steps, args.eval_every) for name in GRID}
         pair_seconds.append(side_by_side([c for c, _ in pair.values()]))
         for name, (_, run) in pair.items():
@@ -172,6 +214,8 @@ def main() -> None:
             for a, m in zip(GRID["adamw"][1], GRID["muon"][1], strict=True)
         },
         "probe_accuracy_at_end": {name: results[name][best[name]]["probe_accuracy"] for name in GRID},
+        "best_lr_at_an_end_of_the_grid": {name: best[name] in (GRID[name][1][0], GRID[name][1][-1]) for name in GRID},
+        "step_split_one_thread_ms": step_split(),
     }
     summary["goal_met"] = bool(summary["muon_tokens_ratio"] is not None and summary["muon_tokens_ratio"] <= 0.75
                                and summary["muon_time_per_step_ratio"] <= 1.05)  # fmt: skip
@@ -179,10 +223,10 @@ def main() -> None:
         for result in runs.values():
             del result["windows_checksums"]
     report = {
-        "what": "tiny recipe, AdamW vs Muon, each at its best of 3 learning rates, same seed and data order",
+        "what": f"tiny recipe, AdamW vs Muon, each at its best of {len(GRID['adamw'][1])} learning rates, same seed "
+        "and data order",
         "steps": args.steps,
-        "note": f"{args.steps} steps of the recipe's {RECIPE_STEPS} (the warmup scaled to match) so that the six "
-        "runs fit ~20 minutes of a shared 2-core machine; evaluations every "
+        "note": f"{args.steps} steps of the recipe's {RECIPE_STEPS} (the warmup scaled to match); evaluations every "
         f"{args.eval_every} steps on 16 validation windows per source",
         "same_data_order": checksums == {True},
         "summary": summary,
