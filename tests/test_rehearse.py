@@ -203,3 +203,27 @@ def test_the_planner_counts_what_compiled_bitlinear_layers_save():
     assert setup.compile and setup.model.bitnet and not setup.gradient_checkpointing
     report = rehearsal.rehearse(config, model_config, plan, setup, 12 * GIB)
     assert abs(rehearsal.compare_with_planner(report)["activations"]) <= 0.01
+
+
+def test_the_rehearsal_counts_the_state_each_optimizer_keeps():
+    """Muon's one momentum buffer for the hidden matrices and AdamW's two moments for the rest, sharded over
+    2 FSDP2 ranks, as train/optimizer.py's state_bytes says and the planner reads; AdamW keeps two moments for
+    everything. One layer of genesis-1b's kind at width 64."""
+    from scratchlm.model import ScratchForCausalLM
+    from scratchlm.train.optimizer import state_bytes
+
+    config, model_config, plan, setup = recipe_run(
+        "genesis-1b", 2, num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=512,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = ScratchForCausalLM(model_config)
+    counted = {}
+    for name in ("adamw", "muon"):
+        run = replace(config, optimizer=name, torch_compile=False)
+        report = rehearsal.rehearse(run, model_config, plan, replace(setup, optimizer=name), 24 * GIB)
+        counted[name] = report.phases[0].families["optimizer"]
+        assert counted[name] == pytest.approx(sum(state_bytes(name, model).values()) / 2, rel=0.01), name
+        assert abs(rehearsal.compare_with_planner(report)["optimizer"]) <= 0.01, name
+    matrices = sum(p.numel() for n, p in model.named_parameters() if n.endswith("proj.weight"))
+    assert counted["adamw"] - counted["muon"] == pytest.approx(4 * matrices / 2, rel=0.01)  # one fp32 buffer fewer
