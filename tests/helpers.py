@@ -72,7 +72,8 @@ def launch_command(*args: str, processes: int = 1) -> list[str]:
     else:
         config = REPO / "accelerate_configs" / "cpu_2proc.yaml"
         where = ["--config_file", str(config), "--main_process_port", str(free_port())]
-    return [shutil.which("accelerate"), "launch", *where, str(REPO / "recipes" / "pretrain.py"), *args]
+    # --quiet as every documented command: a refused launch ends with the script's own error line
+    return [shutil.which("accelerate"), "launch", "--quiet", *where, str(REPO / "recipes" / "pretrain.py"), *args]
 
 
 def launch(cwd: Path, *args: str, processes: int = 1, fails: bool = False, timeout: int = 600):

@@ -101,9 +101,9 @@ def test_the_fastest_setting_that_fits_comes_with_its_launch_line_and_config(cap
     out = plan(capsys, "--recipe", GENESIS, "--gpu", "a100-80gb", "--num-gpus", "2")
     assert "the recipe as given fits" in out
     launch = re.search(r"^launch: (.*)$", out, re.MULTILINE).group(1).split()
-    assert launch[:4] == ["accelerate", "launch", "--config_file", "accelerate_configs/2x4090_fsdp2.yaml"]
-    assert (REPO / launch[3]).is_file() and launch[4:7] == ["recipes/pretrain.py", "--config", GENESIS]
-    overrides = launch[7:]
+    assert launch[:5] == ["accelerate", "launch", "--quiet", "--config_file", "accelerate_configs/2x4090_fsdp2.yaml"]
+    assert (REPO / launch[4]).is_file() and launch[5:8] == ["recipes/pretrain.py", "--config", GENESIS]
+    overrides = launch[8:]
     assert "--gradient_checkpointing" in overrides and overrides[overrides.index("--gradient_checkpointing") + 1] == (
         "false"
     )
@@ -115,7 +115,7 @@ def test_the_fastest_setting_that_fits_comes_with_its_launch_line_and_config(cap
                  str(written)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert f"wrote {written}" in out and out.rstrip().endswith(
-        f"launch: accelerate launch --config_file accelerate_configs/2x4090_fsdp2.yaml recipes/pretrain.py "
+        f"launch: accelerate launch --quiet --config_file accelerate_configs/2x4090_fsdp2.yaml recipes/pretrain.py "
         f"--config {written}"
     )
     values = yaml.safe_load(written.read_text())

@@ -500,7 +500,7 @@ def launch_line(path: str, config, num_gpus: int, written: str | None) -> str:
     if num_gpus not in ACCELERATE_CONFIGS:
         accelerate += ["--num_processes", str(num_gpus)]
     recipe = ["--config", written] if written else ["--config", path, *overrides_of(path, config)]
-    return " ".join(["accelerate", "launch", *accelerate, "recipes/pretrain.py", *recipe])
+    return " ".join(["accelerate", "launch", "--quiet", *accelerate, "recipes/pretrain.py", *recipe])
 
 
 def write_recipe(path: str, config, out: str) -> None:
