@@ -51,10 +51,10 @@ def test_a_schedule_of_an_unknown_kind_is_refused_where_it_is_built_and_in_the_c
         PretrainConfig(output_dir="x", model_preset="tiny", data_dir="x", max_steps=1, lr_scheduler_type="linear")
 
 
-@pytest.mark.parametrize("total_steps, fraction", [(100, 0.2), (37, 0.1), (10, 0.2)])
+@pytest.mark.parametrize("total_steps, fraction", [(100, 0.2), (37, 0.1), (10, 0.2), (10, 0.05)])
 def test_wsd_decays_and_says_decay_from_the_same_step(total_steps, fraction):
     wsd = Schedule("wsd", 1e-3, 0.0, warmup_steps=2, total_steps=total_steps, weight_decay=0.1, decay_fraction=fraction)
     falling = [s for s in range(1, total_steps) if wsd.lr(s) < wsd.lr(s - 1)]
     decaying = [s for s in range(total_steps) if wsd.phase(s) == "decay"]
-    assert falling[0] == decaying[0] + 1 == wsd.decay_start + 1  # the decay's first step is still at the peak
     assert decaying == list(range(wsd.decay_start, total_steps)) and wsd.lr(total_steps - 1) == 0.0
+    assert falling[0] == wsd.decay_start + (len(decaying) > 1)  # the first of several decay steps is at the peak

@@ -42,7 +42,8 @@ def not_negative(value):
 
 
 def one_of(*allowed):
-    return lambda value: None if value in allowed else f"must be one of {', '.join(allowed)}, got '{value}'"
+    names = ", ".join(name or "'' (chosen for the hardware)" for name in allowed)
+    return lambda value: None if value in allowed else f"must be one of {names}, got '{value}'"
 
 
 def within(low, high, high_open=False):

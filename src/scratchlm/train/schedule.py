@@ -92,8 +92,11 @@ class Schedule:
 
 
 def _progress(step: int, start: int, end: int) -> float:
-    """0 at `start`, 1 at the last step before `end`."""
-    return min(1.0, max(0.0, (step - start) / max(1, end - 1 - start)))
+    """0 at `start`, 1 at the last step before `end`; a part one step long is at its end at once (else a
+    one-step decay would never decay)."""
+    if end - 1 <= start:
+        return float(step >= start)
+    return min(1.0, max(0.0, (step - start) / (end - 1 - start)))
 
 
 def _linear(start: float, end: float, progress: float) -> float:
