@@ -1,14 +1,16 @@
-"""AdamW against Muon on the tiny recipe, each at its best of four learning rates, written to
+"""AdamW against Muon on the tiny recipe, each at its best of five learning rates, written to
 benchmarks/results/optimizer_ab.json and optimizer_ab.png (validation bits per byte against tokens).
 
-    python benchmarks/optimizer_ab.py [--work DIR] [--steps 600] [--eval-every 50]
+    python benchmarks/optimizer_ab.py [--work DIR] [--steps 600] [--eval-every 50] [--keep]
 
 Every run is `recipes/pretrain.py --config recipes/tiny/pretrain.yaml` as users run it, with the same seed,
 so the same windows in the same order (the metrics' windows checksums are compared), shortened to --steps
-(the warmup scaled with it; CORE and samples off, probes on). The learning rates: AdamW's learning_rate
-5e-4, 1e-3 (the recipe's), 2e-3, 4e-3; Muon's muon_lr 0.01, 0.02 (nanochat's), 0.04, 0.08, the rest of its
-groups at their defaults. "Best" is the lowest final validation bpb; the JSON says whether a best lies at an
-end of its grid (then the grid was too narrow to call it tuned).
+(the warmup scaled with it; CORE and samples off, probes on). The learning rates, a factor of 2 apart: AdamW's
+learning_rate 2.5e-4 to 4e-3 (the recipe's is 1e-3); Muon's muon_lr 0.005 to 0.08 (nanochat's is 0.02), the
+rest of its groups at their defaults. "Best" is the lowest final validation bpb; the JSON says whether a best
+lies at an end of its grid (then the grid was too narrow to call it tuned). --keep reads a pair whose two runs
+already finished under --work instead of training it again: widening the grid costs only the new pairs (the
+runs must come from the same code and --steps; that is yours to ensure).
 
 Time per step is measured side by side: each AdamW run trains at the same moment as the Muon run of the
 same rank in the grid, two processes of one thread each on the same cores, so a load from elsewhere
@@ -35,7 +37,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "tiny" / "pretrain.yaml"
-GRID = {"adamw": ("learning_rate", [5e-4, 1e-3, 2e-3, 4e-3]), "muon": ("muon_lr", [0.01, 0.02, 0.04, 0.08])}
+GRID = {
+    "adamw": ("learning_rate", [2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3]),
+    "muon": ("muon_lr", [0.005, 0.01, 0.02, 0.04, 0.08]),
+}
 RECIPE_STEPS, RECIPE_WARMUP = 600, 30
 
 
@@ -83,6 +88,13 @@ def side_by_side(commands: list[list[str]]) -> float:
         if child.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
     return time.perf_counter() - start
+
+
+def finished(run: Path, steps: int) -> bool:
+    """The run's metrics reach its last step and the evaluation there."""
+    metrics = run / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    return any(r.get("step") == steps and "val_bpb" in r for r in map(json.loads, filter(str.strip, lines)))
 
 
 def curve(run: Path) -> dict:
@@ -183,6 +195,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "optimizer_ab")
     parser.add_argument("--steps", type=int, default=RECIPE_STEPS)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--keep", action="store_true", help="read pairs already trained under --work")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -190,7 +203,8 @@ def main() -> None:
     results, pair_seconds = {"adamw": {}, "muon": {}}, []
     for rank in range(len(GRID["adamw"][1])):  # AdamW's i-th learning rate beside Muon's i-th
         pair = {name: command(args.work, name, GRID[name][1][rank], args.steps, args.eval_every) for name in GRID}
-        pair_seconds.append(side_by_side([c for c, _ in pair.values()]))
+        kept = args.keep and all(finished(run, args.steps) for _, run in pair.values())
+        pair_seconds.append(None if kept else side_by_side([c for c, _ in pair.values()]))
         for name, (_, run) in pair.items():
             results[name][GRID[name][1][rank]] = curve(run)
     checksums = {r["windows_checksums"] == results["adamw"][1e-3]["windows_checksums"]
@@ -234,7 +248,8 @@ def main() -> None:
         "pair_wall_seconds": pair_seconds,
         "total_seconds": time.perf_counter() - started,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average": os.getloadavg()},
-        "command": "python benchmarks/optimizer_ab.py " + " ".join(sys.argv[1:]),
+        "command": f"python benchmarks/optimizer_ab.py --steps {args.steps} --eval-every {args.eval_every}"
+        + " --keep" * args.keep,  # not --work: a path of this machine
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "optimizer_ab.json").write_text(json.dumps(report, indent=1) + "\n")
