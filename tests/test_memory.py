@@ -243,7 +243,7 @@ def test_a_recipe_with_an_impossible_micro_batch_is_reported_with_advice(tmp_pat
     out = capsys.readouterr().out
     assert "(64 x 2048 x 1 accumulation x 1 GPUs)" in out and "the recipe as given does NOT fit" in out
     launch = re.search(r"^launch: (.*)$", out, re.MULTILINE).group(1).split()
-    assert launch[:4] == ["accelerate", "launch", "--config_file", "accelerate_configs/single_gpu.yaml"]
+    assert launch[:5] == ["accelerate", "launch", "--quiet", "--config_file", "accelerate_configs/single_gpu.yaml"]
     overrides = launch[launch.index(str(path)) + 1 :]
     assert overrides[::2] == ["--per_device_train_batch_size", "--gradient_accumulation_steps"]
     assert int(overrides[1]) * int(overrides[3]) == 64  # the same 131,072 tokens per step

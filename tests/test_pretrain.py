@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import REPO, launch, small_run, train_losses
+from helpers import REPO, launch, launch_command, small_run, train_losses
 from scratchlm import run_dir
 from scratchlm.run_dir import RunDir, read_jsonl
 
@@ -413,12 +413,9 @@ def test_torch_compile_trains_checkpoints_and_resumes(tmp_path, shards_dir, monk
 def test_bad_input_under_accelerate_is_one_line_and_the_last(tmp_path, shards_dir):
     """`accelerate launch --quiet` (the README's form): our line is all a user sees, no launcher traceback."""
     config = small_run(tmp_path, shards_dir, learning_rate=-1.0, per_device_train_batch_size=0)
-    command = [shutil.which("accelerate"), "launch", "--quiet", "--num_processes", "1", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "recipes" / "pretrain.py"),
-               "--config", str(config)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(launch_command("--config", str(config)), capture_output=True, text=True, timeout=120)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # the launcher's 1, as the README says
     assert lines[-1] == (
         "error: config: 'per_device_train_batch_size' must be positive, got 0; "
         "'learning_rate' must be positive, got -1.0"

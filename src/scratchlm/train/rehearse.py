@@ -508,6 +508,10 @@ def build_step(config, model_config, plan, world: World, mesh, attention: str):
     from ..model import ScratchForCausalLM
     from .optimizer import build_optimizer
 
+    # The run compiles in a fresh process. Code dynamo compiled earlier in this one (another model, real
+    # tensors) would make the rehearsal's blocks recompile on top of it, and the count move with it (a test
+    # of compile before the rehearsal put its weights 7.6% off the planner's); so start from nothing.
+    torch._dynamo.reset()
     try:
         model = ScratchForCausalLM(model_config)
     except (ValueError, TypeError, RuntimeError) as err:
