@@ -34,6 +34,8 @@ from pathlib import Path
 
 import yaml
 
+from scratchlm.run_dir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "tiny" / "pretrain.yaml"
@@ -92,13 +94,11 @@ def side_by_side(commands: list[list[str]]) -> float:
 
 def finished(run: Path, steps: int) -> bool:
     """The run's metrics reach its last step and the evaluation there."""
-    metrics = run / "metrics.jsonl"
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    return any(r.get("step") == steps and "val_bpb" in r for r in map(json.loads, filter(str.strip, lines)))
+    return any(r.get("step") == steps and "val_bpb" in r for r in RunDir(run).metrics())
 
 
 def curve(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = RunDir(run).metrics()
     train = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_bpb" in r]
     tokens_per_step = train[0]["tokens"] // train[0]["step"]

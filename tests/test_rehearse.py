@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from helpers import REPO
+from helpers import REPO, small_config
 from scratchlm.errors import ScratchError
 from scratchlm.train import rehearse as rehearsal
 from scratchlm.train.config import PretrainConfig, parse_pretrain_args
@@ -34,7 +34,6 @@ def recipe_run(name: str, num_gpus: int, **model_overrides):
 def compile_elsewhere() -> None:
     """A small model compiled under FSDP2 (a gloo group of one) and run, as a test of compile or the GPU check
     may have done in this process before a rehearsal: the rehearsal must count what a fresh process does."""
-    from helpers import small_config
     from scratchlm.model import ScratchForCausalLM
 
     model = ScratchForCausalLM(small_config(max_position_embeddings=64))
